@@ -1,0 +1,3 @@
+from engarde.cli import main
+
+raise SystemExit(main())
