@@ -1,0 +1,195 @@
+"""Command line: `engarde client|server|list-interfaces|check-config|version`, and the original's
+`engarde-client [config] | list-interfaces | -v` and `engarde-server [config] | -v` forms.
+
+Exit codes: 0 on success and on a clean shutdown (SIGINT/SIGTERM), 2 for a bad config or bad
+arguments, 1 for a start-up failure (address in use, missing privilege, netlink unavailable).
+Start-up failures are one line on stderr, never a traceback. Only this module configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from engarde import __version__
+from engarde.config import ConfigError, describe, load_config
+
+logger = logging.getLogger("engarde")
+
+DEFAULT_CONFIG = "engarde.yml"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class StartupError(Exception):
+    """Anything that stops the daemon from starting, already phrased for the user."""
+
+
+def _startup_error_types() -> tuple[type[BaseException], ...]:
+    from engarde.net.netlink import NetlinkError
+    from engarde.net.sockets import SocketSetupError
+
+    types: list[type[BaseException]] = [SocketSetupError, NetlinkError, StartupError]
+    try:
+        from engarde.web.serve import DashboardError
+    except ImportError:  # the dashboard is optional at import time
+        pass
+    else:
+        types.append(DashboardError)
+    return tuple(types)
+
+
+def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first start-up error inside (possibly nested) exception groups."""
+    if isinstance(exc, types):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, types)
+            if found is not None:
+                return found
+    return None
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(role: str, config: Any) -> None:
+    from engarde.net.client import run_client
+    from engarde.net.server import run_server
+
+    runner = run_client if role == "client" else run_server
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner, config)
+            async for signum in signals:
+                logger.info("%s received: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run_role(role: str, path: str) -> int:
+    try:
+        config = load_config(path, role=role)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    section = config.client if role == "client" else config.server
+    types = _startup_error_types()
+    try:
+        trio.run(_serve, role, section)
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as exc:
+        found = _find(exc, types)
+        if found is None:
+            raise
+        print(f"engarde {role}: {found}", file=sys.stderr)
+        return 1
+    logger.info("engarde %s stopped", role)
+    return 0
+
+
+def list_interfaces(path: str | None) -> int:
+    from engarde.core.links import InterfaceTable, source_address, usability
+    from engarde.net.netlink import NetlinkError, dump_interfaces
+
+    try:
+        dump = dump_interfaces()
+    except NetlinkError as exc:
+        print(f"engarde: {exc}", file=sys.stderr)
+        return 1
+    table = InterfaceTable()
+    table.replace_all(dump.links, dump.addrs)
+    excluded = None
+    if path is not None:
+        try:
+            excluded = load_config(path, role="client").client
+        except ConfigError:
+            excluded = None
+    rows = []
+    for iface in sorted(table.by_index.values(), key=lambda i: i.index):
+        state = usability(iface)
+        if excluded is not None and excluded.is_excluded(iface.name):
+            state = "excluded"
+        rows.append((iface.name, source_address(iface) or "-", state))
+    width = max((len(r[0]) for r in rows), default=4)
+    for name, address, state in rows:
+        print(f"{name:<{width}}  {address:<15}  {state}")
+    return 0
+
+
+def check_config(path: str, role: str | None) -> int:
+    try:
+        config = load_config(path, role=role)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(describe(config, role))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="default: info"
+    )
+    parser = argparse.ArgumentParser(
+        prog="engarde",
+        description="Send every WireGuard datagram over every usable uplink at once.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"engarde {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for role in ("client", "server"):
+        p = sub.add_parser(role, parents=[common], help=f"run the {role}")
+        p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="default: ./engarde.yml")
+    p = sub.add_parser("list-interfaces", parents=[common], help="interfaces and their state")
+    p.add_argument("config", nargs="?", default=None, help="mark excluded interfaces")
+    p = sub.add_parser("check-config", parents=[common], help="validate, print effective settings")
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    p.add_argument("--role", choices=("client", "server"), default=None)
+    sub.add_parser("version", parents=[common], help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", "info"))
+    if args.command == "version":
+        print(f"engarde {__version__}")
+        return 0
+    if args.command == "list-interfaces":
+        return list_interfaces(args.config)
+    if args.command == "check-config":
+        return check_config(args.config, args.role)
+    return run_role(args.command, args.config)
+
+
+def _legacy(role: str, argv: Sequence[str] | None) -> int:
+    """The Go binaries' forms: `engarde-ROLE [config]`, `-v`, `list-interfaces` (client)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-v", "--version", "version"):
+        print(f"engarde-{role} {__version__}")
+        return 0
+    if role == "client" and args and args[0] == "list-interfaces":
+        return main(["list-interfaces", *args[1:]])
+    return main([role, *args])
+
+
+def client_main(argv: Sequence[str] | None = None) -> int:
+    return _legacy("client", argv)
+
+
+def server_main(argv: Sequence[str] | None = None) -> int:
+    return _legacy("server", argv)

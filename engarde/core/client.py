@@ -1,0 +1,302 @@
+"""Client relay core: which uplinks carry copies, why the others don't, and what each one did.
+
+Theory of operation: the netlink adapter feeds interface facts in (`on_link`, `on_link_gone`,
+`on_address`, `on_resync`); the dashboard feeds exclusion commands in (`exclude`, `include`,
+`swap_exclusion`, `reset_exclusions`). From those the core derives `wanted()`: one `UplinkPlan`
+per interface that should have a socket right now. The link supervisor (a trio shell) diffs that
+against the sockets it runs, and reports back with `link_opened` / `link_closed` / `link_failed`.
+
+Every change that may alter `wanted()` calls the `on_change` listener (the supervisor's wake-up)
+and records a human-readable transition, which the shell logs via `take_transitions()`.
+
+The core does not open sockets, resolve names, read clocks or log per datagram. The data path
+bumps the `LinkStats` counters owned here directly (same thread, no locks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engarde.config import ClientConfig
+from engarde.core.addr import format_address
+from engarde.core.links import (
+    UP,
+    AddrInfo,
+    Interface,
+    InterfaceTable,
+    LinkInfo,
+    source_address,
+    usability,
+)
+from engarde.core.stats import LinkStats, RelayStats, errno_name
+
+EXCLUDED = "excluded"
+GONE = "gone"
+
+
+class UnknownInterface(LookupError):
+    """A command named an interface the kernel has not reported."""
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkPlan:
+    """What a running uplink socket is made from. A different plan means a new socket."""
+
+    index: int
+    name: str
+    source_ip: str
+    dst: str  # "host:port", resolved by the shell each time a socket is made
+
+
+@dataclass(slots=True)
+class Uplink:
+    """Everything the core knows about one interface index, beyond the kernel's facts."""
+
+    name: str = ""
+    stats: LinkStats = field(default_factory=LinkStats)
+    first_seen: float = 0.0
+    state: str = ""  # UP / EXCLUDED / a links.usability reason
+    state_since: float = 0.0
+    source_ip: str | None = None
+    socket_open: bool = False
+    local_port: int | None = None
+    dst_resolved: str = ""
+    last_error: str = ""
+    last_error_at: float | None = None
+
+
+class ClientCore:
+    def __init__(self, config: ClientConfig, *, now: float = 0.0) -> None:
+        self.config = config
+        self.table = InterfaceTable()
+        self.uplinks: dict[int, Uplink] = {}
+        self.toggled: set[str] = set()  # runtime toggles: effective = configured XOR toggled
+        self.stats = RelayStats()
+        self.wg_peer: tuple[Any, ...] | None = None  # where replies go: WireGuard's last source
+        self.started_at = now
+        self.on_change: Callable[[], None] = _nothing
+        self._now = now
+        self._transitions: list[str] = []
+
+    # ---- inputs from netlink -------------------------------------------------------------
+
+    def on_resync(self, links: list[LinkInfo], addrs: list[AddrInfo], now: float) -> None:
+        """A full dump: replaces everything known about interfaces."""
+        self.table.replace_all(links, addrs)
+        self._refresh(now)
+
+    def on_link(self, info: LinkInfo, now: float) -> None:
+        if self.table.upsert_link(info):
+            self._refresh(now)
+
+    def on_link_gone(self, index: int, now: float) -> None:
+        if self.table.remove_link(index) is not None:
+            self._refresh(now)
+
+    def on_address(self, addr: AddrInfo, present: bool, now: float) -> None:
+        changed = self.table.add_address(addr) if present else self.table.remove_address(addr)
+        if changed:
+            self._refresh(now)
+
+    # ---- inputs from WireGuard's side ---------------------------------------------------
+
+    def on_wireguard_source(self, source: tuple[Any, ...]) -> str | None:
+        """WireGuard sent from a new address; returns a log line for the shell (or None)."""
+        old, self.wg_peer = self.wg_peer, source
+        if old is None:
+            return f"WireGuard peer at {format_address(source)}: replies go there"
+        return f"WireGuard moved from {format_address(old)} to {format_address(source)}: replies follow"
+
+    # ---- commands (dashboard) -----------------------------------------------------------
+
+    def exclude(self, name: str, now: float) -> str:
+        """'ok', or 'already-excluded'. Raises UnknownInterface for a name never seen."""
+        if self.is_excluded(self._known(name)):
+            return "already-excluded"
+        self.toggled ^= {name}
+        self._refresh(now)
+        return "ok"
+
+    def include(self, name: str, now: float) -> str:
+        """'ok', or 'already-included'. Raises UnknownInterface for a name never seen."""
+        if not self.is_excluded(self._known(name)):
+            return "already-included"
+        self.toggled ^= {name}
+        self._refresh(now)
+        return "ok"
+
+    def swap_exclusion(self, name: str, now: float) -> str:
+        self.toggled ^= {self._known(name)}
+        self._refresh(now)
+        return "ok"
+
+    def reset_exclusions(self, now: float) -> str:
+        self.toggled.clear()
+        self._refresh(now)
+        return "ok"
+
+    def is_excluded(self, name: str) -> bool:
+        return self.config.is_excluded(name) != (name in self.toggled)
+
+    # ---- what should run -----------------------------------------------------------------
+
+    def wanted(self) -> dict[int, UplinkPlan]:
+        plans: dict[int, UplinkPlan] = {}
+        for index, iface in self.table.by_index.items():
+            if self._state_of(iface) == UP:
+                source = source_address(iface)
+                if source is not None:
+                    plans[index] = UplinkPlan(
+                        index, iface.name, source, self.config.dst_for(iface.name)
+                    )
+        return plans
+
+    def why_not(self, index: int) -> str:
+        """Why this interface has (or should have) no socket: a state name, 'gone' if unknown."""
+        iface = self.table.by_index.get(index)
+        return GONE if iface is None else self._state_of(iface)
+
+    def stats_for(self, index: int) -> LinkStats:
+        return self._uplink(index, self._now).stats
+
+    # ---- reports from the link supervisor ------------------------------------------------
+
+    def link_opened(self, plan: UplinkPlan, local_port: int, dst: str, now: float) -> None:
+        up = self._uplink(plan.index, now)
+        up.socket_open, up.local_port, up.dst_resolved = True, local_port, dst
+        up.last_error = ""
+
+    def link_closed(self, index: int) -> None:
+        up = self.uplinks.get(index)
+        if up is not None:
+            up.socket_open, up.local_port = False, None
+
+    def link_failed(self, index: int, reason: str, now: float) -> None:
+        up = self._uplink(index, now)
+        up.socket_open, up.local_port = False, None
+        up.last_error, up.last_error_at = reason, now
+
+    def take_transitions(self) -> list[str]:
+        """Log lines describing what changed since the last call (one per transition)."""
+        out, self._transitions = self._transitions, []
+        return out
+
+    # ---- status ---------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Everything the dashboard shows, as JSON-ready data. Reads only."""
+        interfaces = []
+        for index, iface in sorted(self.table.by_index.items(), key=lambda kv: kv[1].name):
+            if iface.loopback:
+                continue
+            up = self._uplink(index, now)
+            state = self._state_of(iface)
+            if state == EXCLUDED:
+                status = "excluded"
+            elif up.socket_open:
+                status = "active"
+            else:
+                status = "idle"
+            reason = state
+            if state == UP and not up.socket_open:
+                reason = f"error: {up.last_error}" if up.last_error else "starting"
+            last_rx = up.stats.last_rx
+            interfaces.append(
+                {
+                    "name": iface.name,
+                    "index": index,
+                    "label": self.config.label_for(iface.name),
+                    "status": status,
+                    "reason": reason,
+                    "senderAddress": source_address(iface) or "",
+                    "addresses": list(iface.addresses),
+                    "dstAddress": "" if state == EXCLUDED else self.config.dst_for(iface.name),
+                    "dstResolved": up.dst_resolved if up.socket_open else "",
+                    "localPort": up.local_port,
+                    "adminUp": iface.admin_up,
+                    "carrier": iface.carrier,
+                    "excluded": state == EXCLUDED,
+                    "excludedByConfig": self.config.is_excluded(iface.name),
+                    "toggled": iface.name in self.toggled,
+                    "lastReceivedAge": None if last_rx is None else max(0.0, now - last_rx),
+                    "firstSeenAge": max(0.0, now - up.first_seen),
+                    "stateAge": max(0.0, now - up.state_since),
+                    "lastError": up.last_error,
+                    "counters": up.stats.as_dict(),
+                }
+            )
+        return {
+            "type": "client",
+            "description": self.config.description,
+            "listenAddress": self.config.listenAddr,
+            "dstAddress": self.config.dstAddr,
+            "wireguardPeer": None if self.wg_peer is None else format_address(self.wg_peer),
+            "uptime": max(0.0, now - self.started_at),
+            "counters": self.stats.as_dict(),
+            "interfaces": interfaces,
+        }
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _known(self, name: str) -> str:
+        if self.table.by_name(name) is None:
+            raise UnknownInterface(name)
+        return name
+
+    def _state_of(self, iface: Interface) -> str:
+        state = usability(iface)
+        if state == UP and self.is_excluded(iface.name):
+            return EXCLUDED
+        return state
+
+    def _uplink(self, index: int, now: float) -> Uplink:
+        up = self.uplinks.get(index)
+        if up is None:
+            up = self.uplinks[index] = Uplink(first_seen=now, state_since=now)
+        return up
+
+    def _refresh(self, now: float) -> None:
+        """Recompute each interface's state, record transitions, wake the supervisor."""
+        self._now = now
+        for index in [i for i in self.uplinks if i not in self.table.by_index]:
+            up = self.uplinks.pop(index)
+            self._transitions.append(f"{up.name}: gone (interface removed)")
+        for index, iface in self.table.by_index.items():
+            if iface.loopback:
+                continue
+            fresh = index not in self.uplinks
+            up = self._uplink(index, now)
+            state, source = self._state_of(iface), source_address(iface)
+            line = _describe(iface.name, fresh, up.state, state, up.source_ip, source)
+            if line is not None:
+                self._transitions.append(line)
+            if state != up.state:
+                up.state_since = now
+            up.state, up.source_ip = state, source
+            up.name = iface.name
+        self.on_change()
+
+
+def _describe(
+    name: str, fresh: bool, old: str, new: str, old_ip: str | None, new_ip: str | None
+) -> str | None:
+    if new == UP and (old != UP or fresh):
+        return f"{name}: up, {new_ip} -> carrying copies"
+    if new == UP and old_ip != new_ip:
+        return f"{name}: address changed {old_ip} -> {new_ip}, new socket"
+    if fresh:
+        return f"{name}: appeared ({new})"
+    if old == UP and new != UP:
+        return f"{name}: {new} -> stopped carrying copies"
+    if old != new:
+        return f"{name}: {new}"
+    return None
+
+
+def _nothing() -> None:
+    return None
+
+
+__all__ = ["ClientCore", "UnknownInterface", "UplinkPlan", "errno_name"]

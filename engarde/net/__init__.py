@@ -1,0 +1,1 @@
+"""trio shells: sockets, the netlink watcher, the link supervisor, the relay loops."""

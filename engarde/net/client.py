@@ -1,0 +1,56 @@
+"""run_client: the client's nursery tree (see docs/architecture.md).
+
+run_client
+├─ netlink watcher    kernel link/address events -> core -> supervisor wake-up
+├─ link supervisor    core.wanted() vs running uplinks; one task per uplink
+│   └─ uplink task    its socket; server -> WireGuard receive loop
+├─ wireguard loop     WireGuard -> every uplink socket (non-blocking sends)
+└─ dashboard          optional (webManager)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from engarde.config import ClientConfig
+from engarde.core.client import ClientCore
+from engarde.net.netlink import run_netlink_watcher
+from engarde.net.sockets import open_listen_socket
+from engarde.net.uplinks import Fanout, run_link_supervisor, wake_channel, wireguard_loop
+
+logger = logging.getLogger(__name__)
+
+
+async def run_client(
+    config: ClientConfig, *, task_status: trio.TaskStatus[ClientCore] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the client until cancelled. Raises SocketSetupError / NetlinkError at start-up."""
+    core = ClientCore(config, now=time.monotonic())
+    poke, wakeups = wake_channel()
+    core.on_change = poke
+    wg_sock = open_listen_socket(config.listenAddr, what="client.listenAddr")
+    fanout = Fanout()
+
+    def log_transitions() -> None:
+        for line in core.take_transitions():
+            logger.info("%s", line)
+
+    with wg_sock:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_netlink_watcher, core, log_transitions)
+            await nursery.start(run_link_supervisor, core, fanout, wg_sock, wakeups, poke)
+            nursery.start_soon(wireguard_loop, wg_sock, core, fanout)
+            if config.webManager is not None:
+                from engarde.web.serve import run_dashboard
+
+                await nursery.start(run_dashboard, core, config.webManager)
+            logger.info(
+                "client listening on %s for WireGuard, relaying to %s%s",
+                config.listenAddr,
+                config.dstAddr,
+                f" ({config.description})" if config.description else "",
+            )
+            task_status.started(core)

@@ -1,0 +1,28 @@
+"""Log lines that could come per datagram (new client addresses under a flood) are rate-limited."""
+
+from __future__ import annotations
+
+import logging
+
+
+class LogLimiter:
+    """At most `per_s` lines a second on average (burst of the same size); then one summary."""
+
+    def __init__(self, logger: logging.Logger, per_s: float = 5.0) -> None:
+        self.logger = logger
+        self.per_s = per_s
+        self.tokens = per_s
+        self.last = 0.0
+        self.suppressed = 0
+
+    def info(self, now: float, line: str) -> None:
+        self.tokens = min(self.per_s, self.tokens + (now - self.last) * self.per_s)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            if self.suppressed:
+                self.logger.info("(%d similar lines suppressed)", self.suppressed)
+                self.suppressed = 0
+            self.logger.info("%s", line)
+        else:
+            self.suppressed += 1

@@ -1,0 +1,188 @@
+"""run_server: the server's nursery tree (see docs/architecture.md).
+
+    run_server
+    ├─ clients loop     listen socket -> core (who is alive) -> upstream socket (WireGuard)
+    ├─ wireguard loop   upstream socket -> every client address alive (non-blocking sends)
+    ├─ expiry           once a second: forget silent client addresses
+    └─ dashboard        optional (webManager)
+
+On a wildcard listen address the listen socket reports each datagram's destination
+(IP_PKTINFO), and replies to that client leave from the same address: a multi-homed server
+answers from the address the client talks to, not whatever the routing table prefers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import trio
+
+from engarde.config import ServerConfig, parse_host_port
+from engarde.core.server import ClientAddress, ServerCore
+from engarde.net.ratelimit import LogLimiter
+from engarde.net.sockets import (
+    PKTINFO_ANC_BYTES,
+    RECV_BYTES,
+    destination_of,
+    is_wildcard,
+    open_listen_socket,
+    open_upstream_socket,
+    reply_ancdata,
+    resolve_udp,
+)
+
+logger = logging.getLogger(__name__)
+
+BATCH = 64
+EXPIRY_PERIOD_S = 1.0
+
+
+async def run_server(
+    config: ServerConfig, *, task_status: trio.TaskStatus[ServerCore] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the server until cancelled. Raises SocketSetupError at start-up."""
+    core = ServerCore(config, now=time.monotonic())
+    host, _ = parse_host_port(config.listenAddr, what="server.listenAddr")
+    pktinfo = is_wildcard(host)
+    dst = await resolve_udp(config.dstAddr, what="server.dstAddr")
+    listen = open_listen_socket(config.listenAddr, what="server.listenAddr", pktinfo=pktinfo)
+    with listen:
+        upstream = open_upstream_socket(dst)
+        with upstream:
+            core.upstream_local = "%s:%d" % upstream.getsockname()[:2]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(clients_loop, listen, upstream, core, pktinfo)
+                nursery.start_soon(wireguard_loop, upstream, listen, core, pktinfo)
+                nursery.start_soon(expiry_loop, core)
+                if config.webManager is not None:
+                    from engarde.web.serve import run_dashboard
+
+                    await nursery.start(run_dashboard, core, config.webManager)
+                logger.info(
+                    "server listening on %s, relaying to WireGuard at %s%s",
+                    config.listenAddr,
+                    config.dstAddr,
+                    f" ({config.description})" if config.description else "",
+                )
+                task_status.started(core)
+
+
+async def clients_loop(
+    listen: socket.socket, upstream: socket.socket, core: ServerCore, pktinfo: bool
+) -> None:
+    """Client copies -> WireGuard. Never awaits per datagram."""
+    buf = bytearray(RECV_BYTES)
+    view = memoryview(buf)
+    buffers = [buf]
+    recvmsg = listen.recvmsg_into
+    recvfrom = listen.recvfrom_into
+    send_up = upstream.send
+    clients = core.clients
+    stats = core.stats
+    admit_log = LogLimiter(logger, per_s=5.0)
+    local: bytes | None = None
+    while True:
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                if pktinfo:
+                    n, anc, _flags, src = recvmsg(buffers, PKTINFO_ANC_BYTES)
+                    local = destination_of(anc)
+                else:
+                    n, src = recvfrom(buf)
+            except BlockingIOError:
+                break
+            if n == 0:
+                stats.empty_datagrams += 1
+                continue
+            entry = clients.get(src)
+            if entry is None:
+                entry, line = core.admit(src, local, now)
+                admit_log.info(now, line)
+            else:
+                core.touch(entry, local, now)
+            entry.rx_datagrams += 1
+            entry.rx_bytes += n
+            stats.wg_rx_datagrams += 1
+            stats.wg_rx_bytes += n
+            try:
+                send_up(view[:n])
+                stats.wg_tx_datagrams += 1
+                stats.wg_tx_bytes += n
+            except BlockingIOError:
+                stats.wg_tx_dropped_full += 1
+            except OSError:  # ECONNREFUSED: WireGuard is not listening (yet)
+                stats.wg_tx_errors += 1
+        else:
+            await trio.lowlevel.checkpoint()
+            continue
+        await trio.lowlevel.wait_readable(listen)
+
+
+async def wireguard_loop(
+    upstream: socket.socket, listen: socket.socket, core: ServerCore, pktinfo: bool
+) -> None:
+    """WireGuard's replies -> every client address alive. A send that would block is dropped
+    and counted for that address; a send that fails drops the address (it comes back with its
+    next datagram), without affecting the others."""
+    buf = bytearray(RECV_BYTES)
+    view = memoryview(buf)
+    recv = upstream.recv_into
+    sendto = listen.sendto
+    sendmsg = listen.sendmsg
+    clients = core.clients
+    stats = core.stats
+    ancillary: dict[bytes, list[tuple[int, int, bytes]]] = {}
+    failed: list[tuple[ClientAddress, int | None]] = []
+    while True:
+        cutoff = core.alive_cutoff(time.monotonic())
+        for _ in range(BATCH):
+            try:
+                n = recv(buf)
+            except BlockingIOError:
+                break
+            except OSError:  # ECONNREFUSED from an earlier send while WireGuard was down
+                stats.recv_errors += 1
+                continue
+            if n == 0:
+                stats.empty_datagrams += 1
+                continue
+            stats.wg_rx_datagrams += 1
+            data = view[:n]
+            for entry in clients.values():
+                if entry.last_seen < cutoff:
+                    continue
+                try:
+                    if pktinfo and entry.local_raw is not None:
+                        anc = ancillary.get(entry.local_raw)
+                        if anc is None:
+                            anc = ancillary[entry.local_raw] = reply_ancdata(entry.local_raw)
+                        sendmsg([data], anc, 0, entry.address)
+                    else:
+                        sendto(data, entry.address)
+                    entry.tx_datagrams += 1
+                    entry.tx_bytes += n
+                except BlockingIOError:
+                    entry.tx_dropped_full += 1
+                except OSError as exc:
+                    entry.tx_errors += 1
+                    failed.append((entry, exc.errno))
+            if failed:
+                for entry, err in failed:
+                    line = core.drop(entry.address, err)
+                    if line:
+                        logger.warning("%s", line)
+                failed.clear()
+        else:
+            await trio.lowlevel.checkpoint()
+            continue
+        await trio.lowlevel.wait_readable(upstream)
+
+
+async def expiry_loop(core: ServerCore) -> None:
+    while True:
+        await trio.sleep(EXPIRY_PERIOD_S)
+        for line in core.expire(time.monotonic()):
+            logger.info("%s", line)

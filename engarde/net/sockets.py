@@ -1,0 +1,170 @@
+"""Making the sockets engarde relays through, with OS errors turned into messages people can act on.
+
+All sockets here are plain stdlib sockets in non-blocking mode: the relay loops call
+recvfrom_into/sendto directly and only await (trio.lowlevel.wait_readable) when the kernel has
+nothing more for them.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+
+import trio
+
+from engarde.config import parse_host_port
+
+BUFFER_BYTES = 4 * 1024 * 1024  # socket buffers: absorb bursts on slow links
+RECV_BYTES = 65536  # larger than any UDP payload: never truncate
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+PKTINFO_ANC_BYTES = socket.CMSG_SPACE(20) * 2
+
+
+class SocketSetupError(Exception):
+    """A socket could not be made. The message names what, where and why; `errno_name` too."""
+
+    def __init__(self, message: str, err: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = err
+        self.errno_name = errno.errorcode.get(err, "") if err is not None else ""
+
+
+def describe_os_error(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+    text = exc.strerror or str(exc)
+    hint = ""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        hint = " (missing privilege: run as root or grant CAP_NET_BIND_SERVICE/CAP_NET_RAW)"
+    elif exc.errno == errno.EADDRINUSE:
+        hint = " (another program already uses this address and port)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = " (no interface on this machine has that address)"
+    return f"{text} [{name}]{hint}" if name else f"{text}{hint}"
+
+
+def set_buffers(sock: socket.socket, size: int = BUFFER_BYTES) -> None:
+    """Multi-MB buffers. As root the FORCE variants ignore net.core.[rw]mem_max."""
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
+
+
+def is_wildcard(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::")
+
+
+def open_listen_socket(text: str, *, what: str, pktinfo: bool = False) -> socket.socket:
+    """Bind a non-blocking UDP socket to HOST:PORT. Raises SocketSetupError.
+
+    With pktinfo=True (a wildcard address on a server), the socket reports each datagram's
+    destination address, so replies can leave from the address the client sent to.
+    """
+    host, port = parse_host_port(text, what=what)
+    family = family_of(host)
+    bind_host = host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        set_buffers(sock)
+        if pktinfo:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.bind((bind_host, port))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise SocketSetupError(
+            f"cannot listen on {text} ({what}): {describe_os_error(exc)}", exc.errno
+        ) from exc
+    return sock
+
+
+def open_uplink_socket(ifname: str, source_ip: str) -> socket.socket:
+    """A socket whose datagrams leave through `ifname` from `source_ip`, whatever the routes say.
+
+    SO_BINDTODEVICE picks the egress interface (binding the address alone does not); the first
+    SO_BINDTODEVICE on a socket needs no CAP_NET_RAW on kernels >= 5.7. Raises SocketSetupError.
+    """
+    sock = socket.socket(family_of(source_ip), socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode() + b"\0")
+        set_buffers(sock)
+        sock.bind((source_ip, 0))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise SocketSetupError(
+            f"{ifname}: cannot open uplink socket from {source_ip}: {describe_os_error(exc)}",
+            exc.errno,
+        ) from exc
+    return sock
+
+
+def open_upstream_socket(dst: tuple[str, int]) -> socket.socket:
+    """The server's socket towards the local WireGuard, connected so replies are filtered."""
+    sock = socket.socket(family_of(dst[0]), socket.SOCK_DGRAM)
+    try:
+        set_buffers(sock)
+        sock.connect(dst)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise SocketSetupError(
+            f"cannot reach WireGuard at {dst[0]}:{dst[1]}: {describe_os_error(exc)}", exc.errno
+        ) from exc
+    return sock
+
+
+async def resolve_udp(text: str, *, what: str) -> tuple[str, int]:
+    """HOST:PORT -> (ip, port), IPv4 preferred (uplinks send from IPv4 addresses).
+
+    Raises SocketSetupError when the name does not resolve.
+    """
+    host, port = parse_host_port(text, what=what)
+    try:
+        ipaddress.ip_address(host)
+        return host, port
+    except ValueError:
+        pass
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise SocketSetupError(f"cannot resolve {text} ({what}): {exc}") from exc
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    if not infos:
+        raise SocketSetupError(f"cannot resolve {text} ({what}): no addresses")
+    sockaddr = infos[0][4]
+    return str(sockaddr[0]), int(sockaddr[1])
+
+
+def destination_of(ancdata: list[tuple[int, int, bytes]]) -> bytes | None:
+    """The raw local address a datagram was sent to, from IP_PKTINFO / IPV6_PKTINFO."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return data[8:12]
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
+            return data[:16]
+    return None
+
+
+def reply_ancdata(local: bytes) -> list[tuple[int, int, bytes]]:
+    """Ancillary data that makes a reply leave from `local` (4 or 16 raw address bytes)."""
+    if len(local) == 4:
+        return [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, local, bytes(4)))]
+    return [(socket.IPPROTO_IPV6, IPV6_PKTINFO, struct.pack("=16sI", local, 0))]

@@ -1,0 +1,273 @@
+"""The link supervisor and the per-uplink tasks of the client.
+
+The supervisor owns the running uplinks: it diffs `core.wanted()` against them whenever the core
+says something changed (a wake-up on a channel of capacity 1, so bursts of netlink events
+coalesce), cancels the ones no longer wanted or whose plan changed (new address), and starts the
+missing ones. A link whose socket cannot be made, or whose socket fails, is retried with backoff.
+
+Each uplink task owns its socket: it registers it in the `Fanout` (the tuple the WireGuard-side
+loop sends every datagram through), runs the uplink receive loop (server -> WireGuard), and on
+the way out - cancelled or failed - removes it from the fan-out and closes it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from engarde.core.client import ClientCore, UplinkPlan
+from engarde.core.stats import LinkStats
+from engarde.net.sockets import (
+    RECV_BYTES,
+    SocketSetupError,
+    describe_os_error,
+    open_uplink_socket,
+    resolve_udp,
+)
+
+logger = logging.getLogger(__name__)
+
+BATCH = 64
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0
+
+# (bound sendto, destination, the link's counters): what the WireGuard-side loop needs per copy.
+Target = tuple[Callable[[Any, Any], int], tuple[str, int], LinkStats]
+
+
+class Fanout:
+    """The uplinks every datagram from WireGuard is copied to. Written only by uplink tasks."""
+
+    def __init__(self) -> None:
+        self._by_index: dict[int, Target] = {}
+        self.targets: tuple[Target, ...] = ()
+
+    def add(self, index: int, target: Target) -> None:
+        self._by_index[index] = target
+        self.targets = tuple(self._by_index.values())
+
+    def remove(self, index: int) -> None:
+        if self._by_index.pop(index, None) is not None:
+            self.targets = tuple(self._by_index.values())
+
+
+def wake_channel() -> tuple[Callable[[], None], trio.MemoryReceiveChannel[None]]:
+    """A coalescing wake-up: any number of pokes before the receiver runs count as one."""
+    send, receive = trio.open_memory_channel[None](1)
+
+    def poke() -> None:
+        try:
+            send.send_nowait(None)
+        except trio.WouldBlock:
+            pass
+
+    return poke, receive
+
+
+@dataclass
+class _Running:
+    plan: UplinkPlan
+    scope: trio.CancelScope
+    started_at: float
+    ended: bool = False
+
+
+@dataclass
+class _Retry:
+    plan: UplinkPlan
+    at: float
+    backoff_s: float
+
+
+async def run_link_supervisor(
+    core: ClientCore,
+    fanout: Fanout,
+    wg_sock: socket.socket,
+    wakeups: trio.MemoryReceiveChannel[None],
+    poke: Callable[[], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Start, stop and retry uplink tasks so that they match `core.wanted()`. Runs forever."""
+    running: dict[int, _Running] = {}
+    retries: dict[int, _Retry] = {}
+
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            now = time.monotonic()
+            wanted = core.wanted()
+            for index, link in list(running.items()):
+                if link.ended:
+                    del running[index]
+                    # A link that ran a while before failing starts its backoff afresh.
+                    last = retries.get(index)
+                    backoff = RETRY_FIRST_S
+                    if last is not None and now - link.started_at < RETRY_MAX_S:
+                        backoff = min(RETRY_MAX_S, last.backoff_s * 2)
+                    retries[index] = _Retry(link.plan, now + backoff, backoff)
+                elif wanted.get(index) != link.plan:
+                    link.scope.cancel()
+                    del running[index]
+            for index, retry in list(retries.items()):
+                if wanted.get(index) != retry.plan:
+                    del retries[index]  # gone, or a new plan (new address): try that at once
+            for index, plan in wanted.items():
+                retry = retries.get(index)
+                if index in running or (retry is not None and retry.at > now):
+                    continue
+                link = running[index] = _Running(plan, trio.CancelScope(), now)
+                nursery.start_soon(_run_uplink_task, core, plan, fanout, wg_sock, link, poke)
+            next_retry = min((r.at for r in retries.values() if r.at > now), default=None)
+            timeout = float("inf") if next_retry is None else next_retry - now
+            with trio.move_on_after(timeout):
+                await wakeups.receive()
+
+
+async def _run_uplink_task(
+    core: ClientCore,
+    plan: UplinkPlan,
+    fanout: Fanout,
+    wg_sock: socket.socket,
+    entry: _Running,
+    poke: Callable[[], None],
+) -> None:
+    try:
+        with entry.scope:
+            await run_uplink(core, plan, fanout, wg_sock)
+    finally:
+        if not entry.scope.cancel_called:
+            entry.ended = True
+            poke()
+
+
+async def run_uplink(
+    core: ClientCore, plan: UplinkPlan, fanout: Fanout, wg_sock: socket.socket
+) -> None:
+    """One uplink: make its socket, carry copies until cancelled or the socket fails.
+
+    Returns (after logging a WARNING and telling the core) when the socket cannot be made or
+    fails; the supervisor retries later. Cancellation is the normal way out.
+    """
+    try:
+        dst = await resolve_udp(plan.dst, what=f"dstAddr for {plan.name}")
+        sock = open_uplink_socket(plan.name, plan.source_ip)
+    except SocketSetupError as exc:
+        logger.warning("%s", exc)
+        core.link_failed(plan.index, exc.errno_name or str(exc), time.monotonic())
+        return
+    stats = core.stats_for(plan.index)
+    try:
+        port = sock.getsockname()[1]
+        core.link_opened(plan, port, f"{dst[0]}:{dst[1]}", time.monotonic())
+        logger.debug("%s: socket %s:%d -> %s:%d", plan.name, plan.source_ip, port, *dst)
+        fanout.add(plan.index, (sock.sendto, dst, stats))
+        await uplink_receive_loop(sock, dst, stats, core, wg_sock)
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        logger.warning("%s: uplink socket failed: %s; retrying", plan.name, describe_os_error(exc))
+        core.link_failed(plan.index, name, time.monotonic())
+    finally:
+        fanout.remove(plan.index)
+        sock.close()
+        core.link_closed(plan.index)
+
+
+async def uplink_receive_loop(
+    sock: socket.socket,
+    server: tuple[str, int],
+    stats: LinkStats,
+    core: ClientCore,
+    wg_sock: socket.socket,
+) -> None:
+    """Server -> WireGuard for one uplink. Never awaits per datagram."""
+    buf = bytearray(RECV_BYTES)
+    view = memoryview(buf)
+    recv = sock.recvfrom_into
+    send_to_wg = wg_sock.sendto
+    relay = core.stats
+    check_source = core.config.dropForeignSources
+    while True:
+        accepted = 0
+        for _ in range(BATCH):
+            try:
+                n, src = recv(buf)
+            except BlockingIOError:
+                break
+            if check_source and (src[0], src[1]) != server:
+                stats.rx_foreign += 1
+                continue
+            if n == 0:
+                relay.empty_datagrams += 1
+                continue
+            accepted += 1
+            stats.rx_datagrams += 1
+            stats.rx_bytes += n
+            peer = core.wg_peer
+            if peer is None:
+                stats.rx_no_peer += 1
+                continue
+            try:
+                send_to_wg(view[:n], peer)
+                relay.wg_tx_datagrams += 1
+                relay.wg_tx_bytes += n
+            except BlockingIOError:
+                stats.rx_dropped_full += 1
+            except OSError:
+                relay.wg_tx_errors += 1
+        else:
+            if accepted:
+                stats.last_rx = time.monotonic()
+            await trio.lowlevel.checkpoint()
+            continue
+        if accepted:
+            stats.last_rx = time.monotonic()
+        await trio.lowlevel.wait_readable(sock)
+
+
+async def wireguard_loop(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) -> None:
+    """WireGuard -> every uplink. A copy that cannot be queued at once is dropped and counted
+    for that link: a stalled link never delays the others."""
+    buf = bytearray(RECV_BYTES)
+    view = memoryview(buf)
+    recv = wg_sock.recvfrom_into
+    relay = core.stats
+    while True:
+        for _ in range(BATCH):
+            try:
+                n, src = recv(buf)
+            except BlockingIOError:
+                break
+            if src != core.wg_peer:
+                logger.info("%s", core.on_wireguard_source(src))
+            if n == 0:
+                relay.empty_datagrams += 1
+                continue
+            relay.wg_rx_datagrams += 1
+            relay.wg_rx_bytes += n
+            targets = fanout.targets
+            if not targets:
+                relay.no_uplink_drops += 1
+                continue
+            data = view[:n]
+            for sendto, dst, stats in targets:
+                try:
+                    sendto(data, dst)
+                    stats.tx_datagrams += 1
+                    stats.tx_bytes += n
+                except BlockingIOError:
+                    stats.tx_dropped_full += 1
+                except OSError as exc:
+                    stats.tx_errors += 1
+                    stats.last_tx_errno = exc.errno
+        else:
+            await trio.lowlevel.checkpoint()
+            continue
+        await trio.lowlevel.wait_readable(wg_sock)
