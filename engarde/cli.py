@@ -84,6 +84,8 @@ def run_role(role: str, path: str) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    for line in config.warnings:
+        logger.warning("%s", line)
     section = config.client if role == "client" else config.server
     types = _startup_error_types()
     try:
@@ -135,6 +137,8 @@ def check_config(path: str, role: str | None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    for line in config.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     print(describe(config, role))
     return 0
 

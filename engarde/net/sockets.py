@@ -137,6 +137,7 @@ async def resolve_udp(text: str, *, what: str) -> tuple[str, int]:
     Raises SocketSetupError when the name does not resolve.
     """
     host, port = parse_host_port(text, what=what)
+    host = host or "127.0.0.1"  # ":PORT" means this machine
     try:
         ipaddress.ip_address(host)
         return host, port
