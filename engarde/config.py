@@ -425,6 +425,8 @@ class ServerConfig(BaseModel):
     writeTimeout: int = DEFAULT_WRITE_TIMEOUT_MS
     webManager: WebManagerConfig | None = None
     maxClients: int = Field(default=DEFAULT_MAX_CLIENTS, ge=1)
+    relayNonWireGuard: bool = False
+    """Relay datagrams that are not shaped like WireGuard messages (off: counted and dropped)."""
 
     @field_validator("listenAddr")
     @classmethod
@@ -450,6 +452,11 @@ class ServerConfig(BaseModel):
     @classmethod
     def _max_clients(cls, value: object) -> int:
         return _parse_count(value)
+
+    @field_validator("relayNonWireGuard", mode="before")
+    @classmethod
+    def _relay_non_wireguard(cls, value: object) -> bool:
+        return _parse_bool(value)
 
     @field_validator("webManager")
     @classmethod
@@ -921,6 +928,7 @@ def _describe_server(s: ServerConfig) -> list[str]:
         f"server.writeTimeout: {_format_ms(s.write_timeout_ms)}",
         *_describe_web("server", s.webManager),
         f"server.maxClients: {s.maxClients}",
+        f"server.relayNonWireGuard: {'true' if s.relayNonWireGuard else 'false'}",
     ]
 
 

@@ -1,1 +1,1 @@
-"""Pure, synchronous decision logic. No trio, no pyroute2, no quart, no clocks: callers pass `now`."""
+"""Pure, synchronous decisions: no trio, no pyroute2, no quart, no clocks (callers pass now)."""

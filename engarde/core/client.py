@@ -62,6 +62,7 @@ class Uplink:
     source_ip: str | None = None
     socket_open: bool = False
     local_port: int | None = None
+    last_port: tuple[str, int] | None = None  # (source ip, port) of the last socket
     dst_resolved: str = ""
     last_error: str = ""
     last_error_at: float | None = None
@@ -107,7 +108,8 @@ class ClientCore:
         old, self.wg_peer = self.wg_peer, source
         if old is None:
             return f"WireGuard peer at {format_address(source)}: replies go there"
-        return f"WireGuard moved from {format_address(old)} to {format_address(source)}: replies follow"
+        new = format_address(source)
+        return f"WireGuard moved from {format_address(old)} to {new}: replies follow"
 
     # ---- commands (dashboard) -----------------------------------------------------------
 
@@ -163,9 +165,21 @@ class ClientCore:
 
     # ---- reports from the link supervisor ------------------------------------------------
 
+    def port_hint(self, plan: UplinkPlan) -> int:
+        """The port this uplink used last time from the same address (0: any).
+
+        Reusing it when a link comes back keeps the server's view of this client address
+        unchanged: no "new client", no re-confirmation.
+        """
+        up = self.uplinks.get(plan.index)
+        if up is None or up.last_port is None or up.last_port[0] != plan.source_ip:
+            return 0
+        return up.last_port[1]
+
     def link_opened(self, plan: UplinkPlan, local_port: int, dst: str, now: float) -> None:
         up = self._uplink(plan.index, now)
         up.socket_open, up.local_port, up.dst_resolved = True, local_port, dst
+        up.last_port = (plan.source_ip, local_port)
         up.last_error = ""
 
     def link_closed(self, index: int) -> None:

@@ -52,7 +52,7 @@ LOOPBACK = "loopback"
 
 
 def usable_ipv4(address: str) -> bool:
-    """An address an uplink can send from: IPv4, not loopback (127/8), not link-local (169.254/16)."""
+    """An address an uplink can send from: IPv4, not loopback 127/8, not link-local 169.254/16."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

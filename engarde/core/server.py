@@ -3,14 +3,25 @@
 Theory of operation: every datagram arriving on the listen socket comes from a "client address"
 (ip, port): one per client uplink. The core remembers each with the local address it was sent to
 (so replies leave from that address on a multi-homed server), when it was first and last seen, and
-its counters. A reply from WireGuard goes to every address seen within clientTimeout.
+its counters. A reply from WireGuard goes to every address alive (seen within clientTimeout).
 
-The table is an OrderedDict kept in least-recently-seen order (`touch` moves an entry to the end),
-so expiry pops from the front and the cap on its size (maxClients) evicts the stalest address in
-O(1) when a flood of new source addresses arrives.
+Spoofed floods: with `relayNonWireGuard` off (the default) the shell drops datagrams that do not
+have the shape of a WireGuard message (counted as junk). A new address that sent a WireGuard-shaped
+message goes to `pending`; it becomes a real client (`clients`) once it sends transport data or a
+handshake response addressed to a session index our own WireGuard handed out (learned from the
+messages WireGuard sends, see core/wireguard.py), which an off-path spoofer cannot know. Until
+our WireGuard has been seen handing out any index (just after a restart, while old sessions
+continue), any transport data confirms. Pending addresses get WireGuard's handshake messages
+(so a handshake can complete) but not its transport data. Each table is capped at maxClients and
+kept in least-recently-seen order, so a flood of new source addresses evicts the stalest pending
+address in O(1) and never touches the confirmed clients.
 
-The core decides; the shell (engarde.net.server) owns the sockets and calls `admit` for unknown
-sources, `touch` for known ones, `expire` once a second and `drop` when a send to an address fails.
+With `relayNonWireGuard` on, every datagram is relayed and every address is a client at once
+(the Go original's behaviour), capped the same way.
+
+The shell (engarde.net.server) owns the sockets: it calls `seen` for addresses not in `clients`,
+`touch` for those in it, `learn_local` for each message from WireGuard, `expire` once a second
+and `drop` when a send to an address fails; it logs what `take_log` returns.
 """
 
 from __future__ import annotations
@@ -21,10 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from engarde.config import ServerConfig
+from engarde.core import wireguard as wg
 from engarde.core.addr import format_address
 from engarde.core.stats import RelayStats, errno_name
 
 Address = tuple[Any, ...]
+MAX_LOCAL_INDICES = 4096
 
 
 @dataclass(slots=True)
@@ -33,6 +46,7 @@ class ClientAddress:
     local_raw: bytes | None  # the server address this client sends to (raw); replies use it
     first_seen: float
     last_seen: float
+    confirmed: bool = False
     rx_datagrams: int = 0
     rx_bytes: int = 0
     tx_datagrams: int = 0
@@ -44,7 +58,9 @@ class ClientAddress:
 
 @dataclass(slots=True)
 class ServerStats(RelayStats):
+    junk_datagrams: int = 0  # not shaped like WireGuard: dropped before WireGuard
     clients_admitted: int = 0
+    clients_confirmed: int = 0
     clients_expired: int = 0
     clients_evicted: int = 0  # pushed out by maxClients
     clients_dropped: int = 0  # a send to them failed
@@ -55,68 +71,102 @@ class ServerCore:
         self.config = config
         self.timeout_s = config.client_timeout_s
         self.max_clients = config.maxClients
+        self.strict = not config.relayNonWireGuard
         self.clients: OrderedDict[Address, ClientAddress] = OrderedDict()
+        self.pending: OrderedDict[Address, ClientAddress] = OrderedDict()
+        self.local_indices: OrderedDict[int, None] = OrderedDict()
         self.stats = ServerStats()
         self.started_at = now
         self.upstream_local: str = ""  # our upstream socket's address, for display
+        self._log: list[str] = []
 
-    def admit(
-        self, address: Address, local_raw: bytes | None, now: float
-    ) -> tuple[ClientAddress, str]:
-        """A datagram from an address not in the table. Returns the entry and a log line.
+    # ---- datagrams from clients ------------------------------------------------------------
 
-        When the table is full, the least recently seen address is evicted first (counted).
-        """
-        line: str | None = None
-        if len(self.clients) >= self.max_clients:
-            _, old = self.clients.popitem(last=False)
-            self.stats.clients_evicted += 1
-            line = (
-                f"client table full ({self.max_clients}): evicted {format_address(old.address)}, "
-                f"admitted {format_address(address)}"
-            )
-        entry = ClientAddress(address, local_raw, now, now)
-        self.clients[address] = entry
-        self.stats.clients_admitted += 1
-        if line is None:
-            line = f"client {format_address(address)} seen (sent to {_ip(local_raw)})"
-        return entry, line
+    def seen(
+        self,
+        address: Address,
+        local_raw: bytes | None,
+        kind: int,
+        data: bytes | memoryview,
+        now: float,
+    ) -> ClientAddress:
+        """A datagram (already known not to be junk) from an address not in `clients`."""
+        entry = self.pending.get(address)
+        if entry is None:
+            entry = ClientAddress(address, local_raw, now, now)
+            self.stats.clients_admitted += 1
+            if not self.strict or self._proves(kind, data):
+                self._confirm(entry, "")
+            else:
+                _insert_capped(self.pending, entry, self.max_clients, self._evicted)
+                to = _ip(local_raw) or "listenAddr"
+                self._log.append(
+                    f"client {format_address(address)} seen (sent to {to}), "
+                    "awaiting a WireGuard session"
+                )
+            return entry
+        self._touch_in(self.pending, entry, local_raw, now)
+        if self._proves(kind, data):
+            del self.pending[address]
+            self._confirm(entry, " now")
+        return entry
 
     def touch(self, entry: ClientAddress, local_raw: bytes | None, now: float) -> None:
-        """A known address sent again: it is the freshest now."""
-        entry.last_seen = now
-        entry.local_raw = local_raw
-        self.clients.move_to_end(entry.address)
+        """A confirmed client sent again: it is the freshest now."""
+        self._touch_in(self.clients, entry, local_raw, now)
+
+    # ---- datagrams from WireGuard ----------------------------------------------------------
+
+    def learn_local(self, kind: int, data: bytes | memoryview) -> None:
+        """Our WireGuard sent this message: remember the session index it hands out, if any."""
+        index = wg.local_index_of(kind, data)
+        if index is not None:
+            self.local_indices[index] = None
+            self.local_indices.move_to_end(index)
+            if len(self.local_indices) > MAX_LOCAL_INDICES:
+                self.local_indices.popitem(last=False)
 
     def alive_cutoff(self, now: float) -> float:
         """Addresses last seen before this time no longer get replies."""
         return now - self.timeout_s
 
+    # ---- housekeeping ------------------------------------------------------------------------
+
     def expire(self, now: float) -> list[str]:
-        """Forget addresses silent for clientTimeout. Returns one log line per address."""
+        """Forget addresses silent for clientTimeout. Returns one log line per client."""
         cutoff = self.alive_cutoff(now)
         lines = []
-        while self.clients:
-            entry = next(iter(self.clients.values()))
-            if entry.last_seen >= cutoff:
-                break
-            del self.clients[entry.address]
-            self.stats.clients_expired += 1
-            lines.append(
-                f"client {format_address(entry.address)} expired (silent for {self.timeout_s:g} s)"
-            )
+        for table in (self.clients, self.pending):
+            while table:
+                entry = next(iter(table.values()))
+                if entry.last_seen >= cutoff:
+                    break
+                del table[entry.address]
+                if entry.confirmed:
+                    self.stats.clients_expired += 1
+                    lines.append(
+                        f"client {format_address(entry.address)} expired "
+                        f"(silent for {self.timeout_s:g} s)"
+                    )
         return lines
 
     def drop(self, address: Address, err: int | None) -> str | None:
         """A send to this address failed: forget it (it comes back with its next datagram)."""
-        entry = self.clients.pop(address, None)
+        entry = self.clients.pop(address, None) or self.pending.pop(address, None)
         if entry is None:
             return None
         self.stats.clients_dropped += 1
         return f"client {format_address(address)} dropped: send failed ({errno_name(err)})"
 
+    def take_log(self) -> list[str]:
+        out, self._log = self._log, []
+        return out
+
+    # ---- status ------------------------------------------------------------------------------
+
     def snapshot(self, now: float) -> dict[str, Any]:
         cutoff = self.alive_cutoff(now)
+        entries = [*reversed(self.clients.values()), *reversed(self.pending.values())]
         sockets = [
             {
                 "address": format_address(e.address),
@@ -125,6 +175,7 @@ class ServerCore:
                 "firstSeenAge": max(0.0, now - e.first_seen),
                 "localAddress": _ip(e.local_raw),
                 "alive": e.last_seen >= cutoff,
+                "confirmed": e.confirmed,
                 "counters": {
                     "rx_datagrams": e.rx_datagrams,
                     "rx_bytes": e.rx_bytes,
@@ -135,7 +186,7 @@ class ServerCore:
                     "last_tx_errno": errno_name(e.last_tx_errno),
                 },
             }
-            for e in reversed(self.clients.values())
+            for e in entries
         ]
         return {
             "type": "server",
@@ -144,10 +195,57 @@ class ServerCore:
             "dstAddress": self.config.dstAddr,
             "clientTimeout": self.timeout_s,
             "maxClients": self.max_clients,
+            "relayNonWireGuard": not self.strict,
             "uptime": max(0.0, now - self.started_at),
             "counters": self.stats.as_dict(),
             "sockets": sockets,
         }
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _proves(self, kind: int, data: bytes | memoryview) -> bool:
+        index = wg.addressed_index(kind, data)
+        if index is None:
+            return False
+        return not self.local_indices or index in self.local_indices
+
+    def _confirm(self, entry: ClientAddress, when: str) -> None:
+        entry.confirmed = True
+        self.stats.clients_confirmed += 1
+        _insert_capped(self.clients, entry, self.max_clients, self._evicted)
+        self._log.append(
+            f"client {format_address(entry.address)}{when} carrying the tunnel "
+            f"(sent to {_ip(entry.local_raw) or 'listenAddr'})"
+        )
+
+    def _evicted(self, old: ClientAddress) -> None:
+        self.stats.clients_evicted += 1
+        self._log.append(
+            f"client table full ({self.max_clients}): evicted {format_address(old.address)}"
+        )
+
+    @staticmethod
+    def _touch_in(
+        table: OrderedDict[Address, ClientAddress],
+        entry: ClientAddress,
+        local_raw: bytes | None,
+        now: float,
+    ) -> None:
+        entry.last_seen = now
+        entry.local_raw = local_raw
+        table.move_to_end(entry.address)
+
+
+def _insert_capped(
+    table: OrderedDict[Address, ClientAddress],
+    entry: ClientAddress,
+    cap: int,
+    on_evict: Any,
+) -> None:
+    if len(table) >= cap:
+        _, old = table.popitem(last=False)
+        on_evict(old)
+    table[entry.address] = entry
 
 
 def _ip(raw: bytes | None) -> str:

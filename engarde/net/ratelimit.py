@@ -6,17 +6,18 @@ import logging
 
 
 class LogLimiter:
-    """At most `per_s` lines a second on average (burst of the same size); then one summary."""
+    """At most `per_s` lines a second on average after a burst of `burst`; then a summary."""
 
-    def __init__(self, logger: logging.Logger, per_s: float = 5.0) -> None:
+    def __init__(self, logger: logging.Logger, per_s: float = 5.0, burst: float = 30.0) -> None:
         self.logger = logger
         self.per_s = per_s
-        self.tokens = per_s
+        self.burst = burst
+        self.tokens = burst
         self.last = 0.0
         self.suppressed = 0
 
     def info(self, now: float, line: str) -> None:
-        self.tokens = min(self.per_s, self.tokens + (now - self.last) * self.per_s)
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.per_s)
         self.last = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0

@@ -21,6 +21,7 @@ import trio
 
 from engarde.config import ServerConfig, parse_host_port
 from engarde.core.server import ClientAddress, ServerCore
+from engarde.core.wireguard import DATA, JUNK, message_type
 from engarde.net.ratelimit import LogLimiter
 from engarde.net.sockets import (
     PKTINFO_ANC_BYTES,
@@ -51,7 +52,8 @@ async def run_server(
     with listen:
         upstream = open_upstream_socket(dst)
         with upstream:
-            core.upstream_local = "%s:%d" % upstream.getsockname()[:2]
+            host, port = upstream.getsockname()[:2]
+            core.upstream_local = f"{host}:{port}"
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(clients_loop, listen, upstream, core, pktinfo)
                 nursery.start_soon(wireguard_loop, upstream, listen, core, pktinfo)
@@ -81,7 +83,8 @@ async def clients_loop(
     send_up = upstream.send
     clients = core.clients
     stats = core.stats
-    admit_log = LogLimiter(logger, per_s=5.0)
+    strict = core.strict
+    log = LogLimiter(logger, per_s=5.0)
     local: bytes | None = None
     while True:
         now = time.monotonic()
@@ -94,13 +97,16 @@ async def clients_loop(
                     n, src = recvfrom(buf)
             except BlockingIOError:
                 break
-            if n == 0:
-                stats.empty_datagrams += 1
+            kind = message_type(view, n) if strict else DATA
+            if kind == JUNK:
+                if n == 0:
+                    stats.empty_datagrams += 1
+                else:
+                    stats.junk_datagrams += 1
                 continue
             entry = clients.get(src)
             if entry is None:
-                entry, line = core.admit(src, local, now)
-                admit_log.info(now, line)
+                entry = core.seen(src, local, kind, view, now)
             else:
                 core.touch(entry, local, now)
             entry.rx_datagrams += 1
@@ -116,9 +122,16 @@ async def clients_loop(
             except OSError:  # ECONNREFUSED: WireGuard is not listening (yet)
                 stats.wg_tx_errors += 1
         else:
+            _log_core(core, log, now)
             await trio.lowlevel.checkpoint()
             continue
+        _log_core(core, log, now)
         await trio.lowlevel.wait_readable(listen)
+
+
+def _log_core(core: ServerCore, log: LogLimiter, now: float) -> None:
+    for line in core.take_log():
+        log.info(now, line)
 
 
 async def wireguard_loop(
@@ -133,7 +146,9 @@ async def wireguard_loop(
     sendto = listen.sendto
     sendmsg = listen.sendmsg
     clients = core.clients
+    pending = core.pending
     stats = core.stats
+    strict = core.strict
     ancillary: dict[bytes, list[tuple[int, int, bytes]]] = {}
     failed: list[tuple[ClientAddress, int | None]] = []
     while True:
@@ -151,24 +166,29 @@ async def wireguard_loop(
                 continue
             stats.wg_rx_datagrams += 1
             data = view[:n]
-            for entry in clients.values():
-                if entry.last_seen < cutoff:
-                    continue
-                try:
-                    if pktinfo and entry.local_raw is not None:
-                        anc = ancillary.get(entry.local_raw)
-                        if anc is None:
-                            anc = ancillary[entry.local_raw] = reply_ancdata(entry.local_raw)
-                        sendmsg([data], anc, 0, entry.address)
-                    else:
-                        sendto(data, entry.address)
-                    entry.tx_datagrams += 1
-                    entry.tx_bytes += n
-                except BlockingIOError:
-                    entry.tx_dropped_full += 1
-                except OSError as exc:
-                    entry.tx_errors += 1
-                    failed.append((entry, exc.errno))
+            kind = message_type(view, n) if strict else DATA
+            if kind != DATA:
+                core.learn_local(kind, view)
+            targets = (clients, pending) if kind != DATA and pending else (clients,)
+            for table in targets:
+                for entry in table.values():
+                    if entry.last_seen < cutoff:
+                        continue
+                    try:
+                        if pktinfo and entry.local_raw is not None:
+                            anc = ancillary.get(entry.local_raw)
+                            if anc is None:
+                                anc = ancillary[entry.local_raw] = reply_ancdata(entry.local_raw)
+                            sendmsg([data], anc, 0, entry.address)
+                        else:
+                            sendto(data, entry.address)
+                        entry.tx_datagrams += 1
+                        entry.tx_bytes += n
+                    except BlockingIOError:
+                        entry.tx_dropped_full += 1
+                    except OSError as exc:
+                        entry.tx_errors += 1
+                        failed.append((entry, exc.errno))
             if failed:
                 for entry, err in failed:
                     line = core.drop(entry.address, err)

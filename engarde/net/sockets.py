@@ -94,18 +94,24 @@ def open_listen_socket(text: str, *, what: str, pktinfo: bool = False) -> socket
     return sock
 
 
-def open_uplink_socket(ifname: str, source_ip: str) -> socket.socket:
+def open_uplink_socket(ifname: str, source_ip: str, port: int = 0) -> socket.socket:
     """A socket whose datagrams leave through `ifname` from `source_ip`, whatever the routes say.
 
     SO_BINDTODEVICE picks the egress interface (binding the address alone does not); the first
-    SO_BINDTODEVICE on a socket needs no CAP_NET_RAW on kernels >= 5.7. Raises SocketSetupError.
+    SO_BINDTODEVICE on a socket needs no CAP_NET_RAW on kernels >= 5.7. `port` is a wish: if it
+    is taken, any port is used. Raises SocketSetupError.
     """
     sock = socket.socket(family_of(source_ip), socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # No SO_REUSEADDR: with it a stale socket could share the port and steal the replies.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode() + b"\0")
         set_buffers(sock)
-        sock.bind((source_ip, 0))
+        try:
+            sock.bind((source_ip, port))
+        except OSError as exc:
+            if not port or exc.errno != errno.EADDRINUSE:
+                raise
+            sock.bind((source_ip, 0))
         sock.setblocking(False)
     except OSError as exc:
         sock.close()

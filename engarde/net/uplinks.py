@@ -12,6 +12,7 @@ the way out - cancelled or failed - removes it from the fan-out and closes it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -63,10 +64,8 @@ def wake_channel() -> tuple[Callable[[], None], trio.MemoryReceiveChannel[None]]
     send, receive = trio.open_memory_channel[None](1)
 
     def poke() -> None:
-        try:
+        with contextlib.suppress(trio.WouldBlock):
             send.send_nowait(None)
-        except trio.WouldBlock:
-            pass
 
     return poke, receive
 
@@ -120,8 +119,8 @@ async def run_link_supervisor(
                 if wanted.get(index) != retry.plan:
                     del retries[index]  # gone, or a new plan (new address): try that at once
             for index, plan in wanted.items():
-                retry = retries.get(index)
-                if index in running or (retry is not None and retry.at > now):
+                pending = retries.get(index)
+                if index in running or (pending is not None and pending.at > now):
                     continue
                 link = running[index] = _Running(plan, trio.CancelScope(), now)
                 nursery.start_soon(_run_uplink_task, core, plan, fanout, wg_sock, link, poke)
@@ -158,7 +157,7 @@ async def run_uplink(
     """
     try:
         dst = await resolve_udp(plan.dst, what=f"dstAddr for {plan.name}")
-        sock = open_uplink_socket(plan.name, plan.source_ip)
+        sock = open_uplink_socket(plan.name, plan.source_ip, core.port_hint(plan))
     except SocketSetupError as exc:
         logger.warning("%s", exc)
         core.link_failed(plan.index, exc.errno_name or str(exc), time.monotonic())
