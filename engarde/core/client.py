@@ -187,10 +187,14 @@ class ClientCore:
         if up is not None:
             up.socket_open, up.local_port = False, None
 
-    def link_failed(self, index: int, reason: str, now: float) -> None:
+    def link_failed(self, index: int, reason: str, now: float) -> bool:
+        """Record a socket failure. True if it is news (not the same reason as last time), so
+        the shell warns once per problem rather than once per retry."""
         up = self._uplink(index, now)
+        news = reason != up.last_error
         up.socket_open, up.local_port = False, None
         up.last_error, up.last_error_at = reason, now
+        return news
 
     def take_transitions(self) -> list[str]:
         """Log lines describing what changed since the last call (one per transition)."""

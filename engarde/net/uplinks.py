@@ -159,8 +159,8 @@ async def run_uplink(
         dst = await resolve_udp(plan.dst, what=f"dstAddr for {plan.name}")
         sock = open_uplink_socket(plan.name, plan.source_ip, core.port_hint(plan))
     except SocketSetupError as exc:
-        logger.warning("%s", exc)
-        core.link_failed(plan.index, exc.errno_name or str(exc), time.monotonic())
+        news = core.link_failed(plan.index, exc.errno_name or str(exc), time.monotonic())
+        logger.log(logging.WARNING if news else logging.DEBUG, "%s; will retry", exc)
         return
     stats = core.stats_for(plan.index)
     try:
@@ -171,8 +171,13 @@ async def run_uplink(
         await uplink_receive_loop(sock, dst, stats, core, wg_sock)
     except OSError as exc:
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        logger.warning("%s: uplink socket failed: %s; retrying", plan.name, describe_os_error(exc))
-        core.link_failed(plan.index, name, time.monotonic())
+        news = core.link_failed(plan.index, name, time.monotonic())
+        logger.log(
+            logging.WARNING if news else logging.DEBUG,
+            "%s: uplink socket failed: %s; will retry",
+            plan.name,
+            describe_os_error(exc),
+        )
     finally:
         fanout.remove(plan.index)
         sock.close()
