@@ -228,6 +228,7 @@ class ClientCore:
                     "label": self.config.label_for(iface.name),
                     "status": status,
                     "reason": reason,
+                    "linkState": usability(iface),  # the kernel's view, exclusion aside
                     "senderAddress": source_address(iface) or "",
                     "addresses": list(iface.addresses),
                     "dstAddress": "" if state == EXCLUDED else self.config.dst_for(iface.name),
@@ -264,10 +265,10 @@ class ClientCore:
         return name
 
     def _state_of(self, iface: Interface) -> str:
-        state = usability(iface)
-        if state == UP and self.is_excluded(iface.name):
+        """Excluded wins over any link state: an excluded link's flaps are not news."""
+        if not iface.loopback and self.is_excluded(iface.name):
             return EXCLUDED
-        return state
+        return usability(iface)
 
     def _uplink(self, index: int, now: float) -> Uplink:
         up = self.uplinks.get(index)

@@ -58,6 +58,8 @@ class ClientAddress:
 
 @dataclass(slots=True)
 class ServerStats(RelayStats):
+    clients_rx_datagrams: int = 0  # from clients (wg_rx_* count what WireGuard sent us)
+    clients_rx_bytes: int = 0
     junk_datagrams: int = 0  # not shaped like WireGuard: dropped before WireGuard
     clients_admitted: int = 0
     clients_confirmed: int = 0
@@ -193,6 +195,7 @@ class ServerCore:
             "description": self.config.description,
             "listenAddress": self.config.listenAddr,
             "dstAddress": self.config.dstAddr,
+            "upstreamAddress": self.upstream_local,
             "clientTimeout": self.timeout_s,
             "maxClients": self.max_clients,
             "relayNonWireGuard": not self.strict,

@@ -42,7 +42,7 @@ class LinkStats:
 class RelayStats:
     """Process-wide counters of the WireGuard-facing side."""
 
-    wg_rx_datagrams: int = 0  # from WireGuard (client) / from clients (server)
+    wg_rx_datagrams: int = 0  # from WireGuard
     wg_rx_bytes: int = 0
     wg_tx_datagrams: int = 0  # to WireGuard
     wg_tx_bytes: int = 0

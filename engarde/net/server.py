@@ -111,8 +111,8 @@ async def clients_loop(
                 core.touch(entry, local, now)
             entry.rx_datagrams += 1
             entry.rx_bytes += n
-            stats.wg_rx_datagrams += 1
-            stats.wg_rx_bytes += n
+            stats.clients_rx_datagrams += 1
+            stats.clients_rx_bytes += n
             try:
                 send_up(view[:n])
                 stats.wg_tx_datagrams += 1
@@ -165,6 +165,7 @@ async def wireguard_loop(
                 stats.empty_datagrams += 1
                 continue
             stats.wg_rx_datagrams += 1
+            stats.wg_rx_bytes += n
             data = view[:n]
             kind = message_type(view, n) if strict else DATA
             if kind != DATA:

@@ -1,0 +1,192 @@
+"""The dashboard's state: the core it looks at, the traffic history and the live event stream.
+
+Theory of operation: `Dashboard` is the only object of the web side that talks to the core. It
+reads with ``core.snapshot(clock())`` and changes state with the core's exclusion commands;
+nothing else (no sockets, no relay internals). Once a period `run_sampler` takes one snapshot,
+adds a history sample and publishes one ready-serialised server-sent event to every open page,
+so the cost of a tick does not grow with the number of pages, and a page costs the relay one
+socket write per second. An exclusion command publishes an extra event at once, so the page
+shows the change without waiting for the next tick.
+
+`Broadcast` keeps only the latest event: a page that falls behind skips to the newest status
+(each event carries the whole status) instead of queueing memory in the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from engarde import __version__
+from engarde.core.client import ClientCore
+from engarde.core.server import ServerCore
+from engarde.web import views
+from engarde.web.history import DEFAULT_CAPACITY, History, Sample
+
+logger = logging.getLogger(__name__)
+
+Core = ClientCore | ServerCore
+Clock = Callable[[], float]
+
+PERIOD_S = 1.0
+MAX_STREAMS = 32  # open event streams (pages); more get 503
+STREAM_CLIENTS_SHOWN = 128  # server role: client addresses per event (the API has them all)
+RETRY_MS = 2000  # EventSource reconnect delay after a lost connection
+
+
+class Broadcast:
+    """Latest-value broadcast of serialised events to any number of waiting streams."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.closed = False
+        self._latest = ""
+        self._changed = trio.Event()
+
+    def publish(self, message: str) -> None:
+        self.seq += 1
+        self._latest = message
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    def close(self) -> None:
+        """End every stream (shutdown): waiters get None."""
+        self.closed = True
+        self._changed.set()
+
+    async def next(self, seen: int) -> tuple[int, str] | None:
+        """The newest event after sequence number ``seen``, waiting if there is none yet."""
+        while self.seq == seen and not self.closed:
+            await self._changed.wait()
+        if self.closed:
+            return None
+        return self.seq, self._latest
+
+
+class Dashboard:
+    def __init__(
+        self,
+        core: Core,
+        *,
+        clock: Clock,
+        period_s: float = PERIOD_S,
+        history_capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
+        if not isinstance(core, ClientCore | ServerCore):
+            raise TypeError(f"expected a ClientCore or ServerCore, got {type(core).__name__}")
+        self.core = core
+        self.clock = clock
+        self.role = "client" if isinstance(core, ClientCore) else "server"
+        self.version = __version__
+        self.period_s = period_s
+        self.history = History(history_capacity)
+        self.broadcast = Broadcast()
+        self.open_streams = 0
+
+    @property
+    def client(self) -> ClientCore | None:
+        return self.core if isinstance(self.core, ClientCore) else None
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.core.snapshot(self.clock())
+
+    def get_list(self, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The v1 document."""
+        snap = snapshot if snapshot is not None else self.snapshot()
+        if self.role == "client":
+            return views.client_get_list(snap, self.version)
+        return views.server_get_list(snap, self.version)
+
+    def status(self, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The v2 document, with the rates of the latest history sample."""
+        snap = snapshot if snapshot is not None else self.snapshot()
+        latest = self.history.latest()
+        rates = latest.rates() if latest is not None else {}
+        if self.role == "client":
+            return views.client_status(snap, self.version, rates)
+        return views.server_status(snap, self.version, rates)
+
+    # ---- commands (client) -------------------------------------------------------------------
+
+    def exclude(self, name: str) -> str:
+        return self._command(lambda core, now: core.exclude(name, now))
+
+    def include(self, name: str) -> str:
+        return self._command(lambda core, now: core.include(name, now))
+
+    def swap_exclusion(self, name: str) -> str:
+        return self._command(lambda core, now: core.swap_exclusion(name, now))
+
+    def reset_exclusions(self) -> str:
+        return self._command(lambda core, now: core.reset_exclusions(now))
+
+    def _command(self, action: Callable[[ClientCore, float], str]) -> str:
+        """Run one exclusion command; raises UnknownInterface, or RoleError on the server."""
+        core = self.client
+        if core is None:
+            raise RoleError("exclusions exist only on the client")
+        answer = action(core, self.clock())
+        self.publish()  # the page shows the change now, not at the next tick
+        return answer
+
+    # ---- the live stream ---------------------------------------------------------------------
+
+    def sample(self) -> Sample | None:
+        """One tick: snapshot, history sample, event to every page."""
+        snap = self.snapshot()
+        sample = self.history.add(snap["uptime"], views.traffic_totals(snap))
+        self.publish(snap, sample)
+        return sample
+
+    def publish(self, snapshot: dict[str, Any] | None = None, sample: Sample | None = None) -> None:
+        status = self._stream_status(self.status(snapshot))
+        data = {"status": status, "sample": None if sample is None else sample.as_json()}
+        self.broadcast.publish(sse("update", data))
+
+    def first_event(self) -> str:
+        """What a page gets when it connects: the status and the whole history."""
+        data = {
+            "status": self._stream_status(self.status()),
+            "history": self.history.as_json(self.period_s),
+        }
+        return f"retry: {RETRY_MS}\n" + sse("snapshot", data)
+
+    def _stream_status(self, status: dict[str, Any]) -> dict[str, Any]:
+        clients = status.get("clients")
+        if clients is not None and len(clients) > STREAM_CLIENTS_SHOWN:
+            status = dict(status, clients=clients[:STREAM_CLIENTS_SHOWN])
+            status["clientsOmitted"] = len(clients) - STREAM_CLIENTS_SHOWN
+        return status
+
+    def close(self) -> None:
+        self.broadcast.close()
+
+
+class RoleError(Exception):
+    """A client-only command reached the server's dashboard."""
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    """One server-sent event; the JSON is on one line (json.dumps never emits a newline)."""
+    body = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return f"event: {event}\ndata: {body}\n\n"
+
+
+async def run_sampler(dashboard: Dashboard) -> None:
+    """Take a sample every period until cancelled, on a fixed grid (no drift)."""
+    period = dashboard.period_s
+    next_at = trio.current_time()
+    while True:
+        dashboard.sample()
+        next_at += period
+        now = trio.current_time()
+        if next_at < now:  # fell behind (a busy process): skip ticks rather than burst
+            next_at = now + period - math.fmod(now - next_at, period)
+        await trio.sleep_until(next_at)
