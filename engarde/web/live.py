@@ -25,6 +25,7 @@ import trio
 from engarde import __version__
 from engarde.core.client import ClientCore
 from engarde.core.server import ServerCore
+from engarde.diagnostics import process_stats
 from engarde.web import views
 from engarde.web.history import DEFAULT_CAPACITY, History, Sample
 
@@ -110,8 +111,11 @@ class Dashboard:
         latest = self.history.latest()
         rates = latest.rates() if latest is not None else {}
         if self.role == "client":
-            return views.client_status(snap, self.version, rates)
-        return views.server_status(snap, self.version, rates)
+            doc = views.client_status(snap, self.version, rates)
+        else:
+            doc = views.server_status(snap, self.version, rates)
+        doc["process"] = process_stats()  # tasks, open fds, RSS: leaks show here first
+        return doc
 
     # ---- commands (client) -------------------------------------------------------------------
 
