@@ -11,6 +11,7 @@ Run: .venv/bin/python -m bench.fanout_shapes [--seconds 3] [--links 3] [--size 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -31,10 +32,8 @@ def _flood(port: int, size: int, stop_at: float) -> None:
     dst = ("127.0.0.1", port)
     while time.monotonic() < stop_at:
         for _ in range(256):
-            try:
+            with contextlib.suppress(OSError):
                 sock.sendto(payload, dst)
-            except OSError:
-                pass
 
 
 def _sockets(links: int) -> tuple[socket.socket, list[socket.socket], list[tuple[str, int]]]:
@@ -77,16 +76,16 @@ async def _channels(
     stats = core.stats
     channels = [trio.open_memory_channel[list[bytes]](64) for _ in outs]
 
-    async def link_task(rx: trio.MemoryReceiveChannel[list[bytes]], out: socket.socket, dst: Any) -> None:
+    async def link_task(
+        rx: trio.MemoryReceiveChannel[list[bytes]], out: socket.socket, dst: Any
+    ) -> None:
         sendto = out.sendto
         while True:
             batch = await rx.receive()
             while True:
                 for data in batch:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         sendto(data, dst)
-                    except BlockingIOError:
-                        pass
                 try:
                     batch = rx.receive_nowait()
                 except trio.WouldBlock:

@@ -1,0 +1,216 @@
+"""Links that fail impolitely: dongles yanked and replugged, carrier loss, churn.
+
+Traffic flows over a stable uplink (up0) the whole time and must lose nothing; the client must
+log one line per transition, stay idle while nothing happens, and end with the file descriptors
+it started with.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import Lab
+from tests.net.helpers import (
+    Echo,
+    Engarde,
+    Sender,
+    UplinkCounters,
+    default_config,
+    server_saw,
+    start_client,
+    start_server,
+    stop_gracefully,
+    wait_until,
+)
+
+
+def open_fds(proc_pid: int) -> int:
+    return len(os.listdir(f"/proc/{proc_pid}/fd"))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def plug(lab: Lab, name: str, peer: str, subnet: int, *, address: bool = True) -> str:
+    """A new veth 'dongle': `name` in the client ns, `peer` with 10.B.subnet.1 in the server ns.
+
+    Returns the client-side address it gets (or would get)."""
+    b = lab.octet
+    lab.run(
+        lab.client_ns,
+        "ip", "link", "add", name, "type", "veth", "peer", "name", peer, "netns", lab.server_ns,
+    )  # fmt: skip
+    lab.run(lab.server_ns, "ip", "addr", "add", f"10.{b}.{subnet}.1/24", "dev", peer)
+    lab.run(lab.server_ns, "ip", "link", "set", peer, "up")
+    lab.run(lab.client_ns, "ip", "link", "set", name, "up")
+    client_ip = f"10.{b}.{subnet}.2"
+    if address:
+        dhcp(lab, name, subnet)
+    return client_ip
+
+
+def dhcp(lab: Lab, name: str, subnet: int) -> None:
+    """What a DHCP client does: an address, then the route to the server through it."""
+    b = lab.octet
+    lab.run(lab.client_ns, "ip", "addr", "add", f"10.{b}.{subnet}.2/24", "dev", name)
+    lab.run(
+        lab.client_ns,
+        "ip", "route", "replace", f"{lab.service_addr}/32", "via", f"10.{b}.{subnet}.1",
+        "dev", name, "metric", str(50 + subnet),
+    )  # fmt: skip
+
+
+def transitions(client: Engarde, name: str) -> list[str]:
+    return re.findall(rf"INFO .*?: ({re.escape(name)}: .*)", client.log.text())
+
+
+@pytest.mark.parametrize("lab", [1], indirect=True)
+def test_dongle_plugged_without_address_then_yanked_and_replugged(lab: Lab) -> None:
+    counters = UplinkCounters(lab, n_names=10)
+    echo = Echo(lab)
+    server = start_server(lab, default_config(lab))
+    client = start_client(lab, default_config(lab), uplinks=[0])
+    sender = Sender(lab, count=2500, interval_ms=3)
+    counters.wait_carrying(0, log=client.log)
+
+    # Plugged in: the interface comes up before DHCP gives it an address.
+    plug(lab, "wwan0", "sv9", 9, address=False)
+    client.log.wait_for(r"wwan0: appeared \(no-address\)|wwan0: no-address")
+    time.sleep(0.3)
+    dhcp(lab, "wwan0", 9)
+    client.log.wait_for(rf"wwan0: up, 10\.{lab.octet}\.9\.2 -> carrying copies")
+    server.log.wait_for(server_saw(f"10.{lab.octet}.9.2"))
+    counters.wait_carrying(9, log=client.log)
+
+    # Yanked, then replugged under the same name: a new ifindex, the same address.
+    mark = client.log.mark()
+    lab.run(lab.client_ns, "ip", "link", "del", "wwan0")
+    client.log.wait_for(r"wwan0: gone \(interface removed\)", since=mark)
+    plug(lab, "wwan0", "sv9", 9)
+    client.log.wait_for(rf"wwan0: up, 10\.{lab.octet}\.9\.2 -> carrying copies", since=mark)
+    counters.wait_carrying(9, log=client.log)
+
+    report = sender.wait()
+    assert report["lost"] == [], report
+    assert report["received_unique"] == 2500
+    lines = transitions(client, "wwan0")
+    assert lines[0] in ("wwan0: appeared (no-address)", "wwan0: appeared (admin-down)")
+    assert f"wwan0: up, 10.{lab.octet}.9.2 -> carrying copies" in lines
+    assert "wwan0: gone (interface removed)" in lines
+    assert len(lines) <= 8, lines  # one line per transition, no storm
+    assert stop_gracefully(lab, client.proc) == 0
+    assert stop_gracefully(lab, server.proc) == 0
+    echo.stop()
+
+
+@pytest.mark.parametrize("lab", [2], indirect=True)
+def test_carrier_loss_stops_the_link_and_nothing_spins_while_down(lab: Lab) -> None:
+    counters = UplinkCounters(lab)
+    Echo(lab)
+    start_server(lab, default_config(lab))
+    client = start_client(lab, default_config(lab), uplinks=[0, 1])
+    sender = Sender(lab, count=200, interval_ms=5)
+    counters.wait_carrying(0, 1, log=client.log)
+    assert sender.wait()["lost"] == []
+
+    lab.set_carrier(1, False)
+    client.log.wait_for(r"up1: no-carrier -> stopped carrying copies")
+    mark = client.log.mark()
+    cpu_before = cpu_seconds(client.proc.pid)
+    time.sleep(3.0)
+    idle_cpu = cpu_seconds(client.proc.pid) - cpu_before
+    assert idle_cpu < 0.3, f"client used {idle_cpu:.2f} s CPU in 3 s with nothing to do"
+    assert client.log.text(since=mark).strip() == "", "log lines while nothing happened"
+
+    lab.set_carrier(1, True)
+    client.log.wait_for(r"up1: up, .* -> carrying copies", since=mark)
+    sender = Sender(lab, count=200, interval_ms=5)
+    counters.wait_carrying(0, 1, log=client.log)
+    assert sender.wait()["lost"] == []
+
+
+CHURN_EVENTS = 1000
+CHURN_NAMES = 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lab", [1], indirect=True)
+def test_churn_on_other_links_loses_nothing_and_leaks_nothing(lab: Lab) -> None:
+    """1000 random link/address/state/name events on other uplinks, traffic on up0 throughout."""
+    Echo(lab)
+    start_server(lab, default_config(lab))
+    client = start_client(lab, default_config(lab), uplinks=[0])
+    time.sleep(0.5)
+    fds_before = open_fds(client.proc.pid)
+
+    sender = Sender(lab, count=12000, interval_ms=4)
+    rng = random.Random(20261123)
+    b = lab.octet
+    present: dict[int, str] = {}  # slot -> current client-side name
+    has_addr: set[int] = set()
+    done = 0
+    batch: list[str] = []
+    started = time.monotonic()
+    while done < CHURN_EVENTS:
+        slot = rng.randrange(CHURN_NAMES)
+        name = present.get(slot)
+        peer = f"chp{slot}"
+        if name is None:
+            lab.run(
+                lab.client_ns,
+                "ip", "link", "add", f"ch{slot}", "type", "veth", "peer", "name", peer,
+                "netns", lab.server_ns,
+            )  # fmt: skip
+            lab.run(lab.server_ns, "ip", "addr", "add", f"10.{b}.{30 + slot}.1/24", "dev", peer)
+            lab.run(lab.server_ns, "ip", "link", "set", peer, "up")
+            present[slot] = f"ch{slot}"
+            done += 1
+            continue
+        action = rng.choice(["up", "down", "addr", "addr", "rename", "delete"])
+        if action == "delete" and rng.random() < 0.5:
+            action = "up"
+        if action == "up":
+            batch.append(f"link set {name} up")
+        elif action == "down":
+            batch.append(f"link set {name} down")
+        elif action == "addr":
+            verb = "del" if slot in has_addr else "add"
+            batch.append(f"addr {verb} 10.{b}.{30 + slot}.2/24 dev {name}")
+            has_addr ^= {slot}
+        elif action == "rename":
+            new = f"chr{slot}" if name == f"ch{slot}" else f"ch{slot}"
+            batch += [f"link set {name} down", f"link set {name} name {new}"]
+            present[slot] = new
+        elif action == "delete":
+            batch.append(f"link del {name}")
+            del present[slot]
+            has_addr.discard(slot)
+        done += 1
+        if len(batch) >= 8 or name not in present.values():
+            lab.run(lab.client_ns, "ip", "-force", "-batch", "-", input="\n".join(batch) + "\n")
+            batch.clear()
+    if batch:
+        lab.run(lab.client_ns, "ip", "-force", "-batch", "-", input="\n".join(batch) + "\n")
+    churn_s = time.monotonic() - started
+
+    report = sender.wait()
+    assert client.proc.poll() is None, client.log.tail()
+    assert report["lost"] == [], report
+    assert churn_s < 90, f"churn took {churn_s:.0f} s"
+
+    for name in present.values():
+        lab.run(lab.client_ns, "ip", "link", "del", name)
+    wait_until(
+        lambda: open_fds(client.proc.pid) == fds_before,
+        f"the client's open fds back to {fds_before}",
+        details=lambda: f"now {open_fds(client.proc.pid)}\n{client.log.tail()}",
+    )
+    assert "Traceback" not in client.log.text()
