@@ -182,9 +182,10 @@ class ClientCore:
         up.last_port = (plan.source_ip, local_port)
         up.last_error = ""
 
-    def link_closed(self, index: int) -> None:
+    def link_closed(self, index: int, local_port: int) -> None:
+        """The socket on `local_port` is closed (ignored if a newer socket took over)."""
         up = self.uplinks.get(index)
-        if up is not None:
+        if up is not None and up.local_port == local_port:
             up.socket_open, up.local_port = False, None
 
     def link_failed(self, index: int, reason: str, now: float) -> bool:

@@ -9,7 +9,10 @@ Spoofed floods: with `relayNonWireGuard` off (the default) the shell drops datag
 have the shape of a WireGuard message (counted as junk). A new address that sent a WireGuard-shaped
 message goes to `pending`; it becomes a real client (`clients`) once it sends transport data or a
 handshake response addressed to a session index our own WireGuard handed out (learned from the
-messages WireGuard sends, see core/wireguard.py), which an off-path spoofer cannot know. Until
+messages WireGuard sends, see core/wireguard.py), which an off-path spoofer cannot know. Transport
+data from an address that is not a client and names no session of ours is dropped (WireGuard
+would drop it too): only handshake initiations and cookie replies reach WireGuard from unproven
+addresses. Until
 our WireGuard has been seen handing out any index (just after a restart, while old sessions
 continue), any transport data confirms. Pending addresses get WireGuard's handshake messages
 (so a handshake can complete) but not its transport data. Each table is capped at maxClients and
@@ -61,6 +64,7 @@ class ServerStats(RelayStats):
     clients_rx_datagrams: int = 0  # from clients (wg_rx_* count what WireGuard sent us)
     clients_rx_bytes: int = 0
     junk_datagrams: int = 0  # not shaped like WireGuard: dropped before WireGuard
+    unproven_datagrams: int = 0  # data for no session of ours from an unknown address: dropped
     clients_admitted: int = 0
     clients_confirmed: int = 0
     clients_expired: int = 0
@@ -91,13 +95,22 @@ class ServerCore:
         kind: int,
         data: bytes | memoryview,
         now: float,
-    ) -> ClientAddress:
-        """A datagram (already known not to be junk) from an address not in `clients`."""
+    ) -> ClientAddress | None:
+        """A datagram (already known not to be junk) from an address not in `clients`.
+
+        Returns the address's entry, or None when the datagram must not reach WireGuard: transport
+        data or a response from an unproven address that names no session of ours (WireGuard
+        would drop it too; dropping it here spares WireGuard a flood). Counted as unproven.
+        """
+        proves = not self.strict or self._proves(kind, data)
+        if not proves and kind in (wg.DATA, wg.RESPONSE):
+            self.stats.unproven_datagrams += 1
+            return None
         entry = self.pending.get(address)
         if entry is None:
             entry = ClientAddress(address, local_raw, now, now)
             self.stats.clients_admitted += 1
-            if not self.strict or self._proves(kind, data):
+            if proves:
                 self._confirm(entry, "")
             else:
                 _insert_capped(self.pending, entry, self.max_clients, self._evicted)
@@ -108,7 +121,7 @@ class ServerCore:
                 )
             return entry
         self._touch_in(self.pending, entry, local_raw, now)
-        if self._proves(kind, data):
+        if proves:
             del self.pending[address]
             self._confirm(entry, " now")
         return entry

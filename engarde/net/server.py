@@ -92,21 +92,24 @@ async def clients_loop(
             try:
                 if pktinfo:
                     n, anc, _flags, src = recvmsg(buffers, PKTINFO_ANC_BYTES)
-                    local = destination_of(anc)
                 else:
                     n, src = recvfrom(buf)
             except BlockingIOError:
                 break
             kind = message_type(view, n) if strict else DATA
-            if kind == JUNK:
+            if kind == JUNK:  # checked first: a flood of junk costs as little as possible
                 if n == 0:
                     stats.empty_datagrams += 1
                 else:
                     stats.junk_datagrams += 1
                 continue
+            if pktinfo:
+                local = destination_of(anc)
             entry = clients.get(src)
             if entry is None:
                 entry = core.seen(src, local, kind, view, now)
+                if entry is None:
+                    continue
             else:
                 core.touch(entry, local, now)
             entry.rx_datagrams += 1

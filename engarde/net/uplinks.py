@@ -54,8 +54,14 @@ class Fanout:
         self._by_index[index] = target
         self.targets = tuple(self._by_index.values())
 
-    def remove(self, index: int) -> None:
-        if self._by_index.pop(index, None) is not None:
+    def remove(self, index: int, target: Target) -> None:
+        """Remove `target` if it is still the one registered for `index`.
+
+        On an address change the new uplink task registers its socket before the cancelled
+        old task gets to clean up: the old task must not remove the new socket.
+        """
+        if self._by_index.get(index) is target:
+            del self._by_index[index]
             self.targets = tuple(self._by_index.values())
 
 
@@ -163,11 +169,12 @@ async def run_uplink(
         logger.log(logging.WARNING if news else logging.DEBUG, "%s; will retry", exc)
         return
     stats = core.stats_for(plan.index)
+    target: Target = (sock.sendto, dst, stats)
+    port = sock.getsockname()[1]
     try:
-        port = sock.getsockname()[1]
         core.link_opened(plan, port, f"{dst[0]}:{dst[1]}", time.monotonic())
         logger.debug("%s: socket %s:%d -> %s:%d", plan.name, plan.source_ip, port, *dst)
-        fanout.add(plan.index, (sock.sendto, dst, stats))
+        fanout.add(plan.index, target)
         await uplink_receive_loop(sock, dst, stats, core, wg_sock)
     except OSError as exc:
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
@@ -179,9 +186,9 @@ async def run_uplink(
             describe_os_error(exc),
         )
     finally:
-        fanout.remove(plan.index)
+        fanout.remove(plan.index, target)
         sock.close()
-        core.link_closed(plan.index)
+        core.link_closed(plan.index, port)
 
 
 async def uplink_receive_loop(

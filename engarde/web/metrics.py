@@ -27,6 +27,7 @@ Server (per client address, label ``address``)::
     engarde_server_clients_{admitted,confirmed,expired,evicted,dropped}_total
     engarde_server_clients_rx_{datagrams,bytes}_total   everything received from clients
     engarde_server_junk_dropped_total             datagrams not shaped like WireGuard
+    engarde_server_unproven_dropped_total         data from unknown addresses for no session
 
 Both roles: ``engarde_info{version,role}``, ``engarde_uptime_seconds``,
 ``engarde_wireguard_{rx,tx}_{datagrams,bytes}_total``,
@@ -115,6 +116,11 @@ def _relay(c: dict[str, Any], role: str) -> Iterator[Metric]:
             "engarde_server_clients_rx_bytes",
             "Bytes received from all client addresses",
             c.get("clients_rx_bytes", 0),
+        )
+        yield _counter(
+            "engarde_server_unproven_dropped",
+            "WireGuard data from unknown addresses naming no session of ours, dropped",
+            c.get("unproven_datagrams", 0),
         )
         yield _counter(
             "engarde_server_junk_dropped",

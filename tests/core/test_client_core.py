@@ -180,8 +180,22 @@ def test_snapshot_shape_and_status() -> None:
     assert by_name["wwan0"]["reason"] == "no-address"
     assert snap["type"] == "client"
     assert snap["uptime"] == pytest.approx(10.4)
-    core.link_closed(2)
+    core.link_closed(2, 40001)
     assert core.snapshot(now=11)["interfaces"][0]["status"] == "idle"
+
+
+def test_a_stale_close_does_not_hide_the_new_socket() -> None:
+    """Address change: the new socket opens before the cancelled old task reports its close."""
+    core = make_core()
+    basic(core)
+    core.link_opened(core.wanted()[2], 40001, "198.51.100.32:59402", now=1.0)
+    core.on_address(AddrInfo(2, "192.0.2.11", 24), present=True, now=2.0)
+    core.on_address(AddrInfo(2, "192.0.2.10", 24), present=False, now=2.0)
+    core.link_opened(core.wanted()[2], 40002, "198.51.100.32:59402", now=2.0)
+    core.link_closed(2, 40001)
+    eth0 = core.snapshot(now=3.0)["interfaces"][0]
+    assert (eth0["status"], eth0["localPort"]) == ("active", 40002)
+    assert core.port_hint(core.wanted()[2]) == 40002
 
 
 def test_wireguard_source_changes_are_reported() -> None:

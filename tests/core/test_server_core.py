@@ -86,12 +86,13 @@ def test_data_for_our_session_confirms() -> None:
     core = make_core()
     feed(core, A, initiation(11), now=1.0)
     core.learn_local(wg.RESPONSE, response(77, 11))  # our WireGuard answered: index 77
-    feed(core, B, data(12345), now=2.0)  # a spoofer guessing an index: stays pending
-    assert list(core.clients) == []
+    feed(core, B, data(12345), now=2.0)  # a spoofer guessing an index: dropped, not admitted
+    assert list(core.clients) == [] and list(core.pending) == [A]
+    assert core.stats.unproven_datagrams == 1
     feed(core, A, data(77), now=3.0)
     assert list(core.clients) == [A]
     assert core.clients[A].confirmed
-    assert list(core.pending) == [B]
+    assert list(core.pending) == []
     assert "client 203.0.113.7:40001 now carrying the tunnel (sent to 192.0.2.1)" in (
         core.take_log()
     )

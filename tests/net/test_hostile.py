@@ -7,27 +7,36 @@ it started with.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lab import Lab
+from lab import Lab, ping
 from tests.net.helpers import (
+    CLIENT_LISTEN,
+    SERVER_PORT,
     Echo,
     Engarde,
     Sender,
     UplinkCounters,
     default_config,
     server_saw,
+    server_section,
     start_client,
     start_server,
     stop_gracefully,
     wait_until,
+    write_config,
 )
+
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def open_fds(proc_pid: int) -> int:
@@ -214,3 +223,129 @@ def test_churn_on_other_links_loses_nothing_and_leaks_nothing(lab: Lab) -> None:
         details=lambda: f"now {open_fds(client.proc.pid)}\n{client.log.tail()}",
     )
     assert "Traceback" not in client.log.text()
+
+
+# ---- address change, silent links, floods ---------------------------------------------------
+
+WEB = "127.0.0.1:9001"
+
+
+def api(lab: Lab, ns: str, path: str) -> dict[str, Any]:
+    """GET http://WEB/path from inside a namespace."""
+    code = (
+        "import urllib.request, sys\n"
+        f"print(urllib.request.urlopen('http://{WEB}{path}', timeout=5).read().decode())"
+    )
+    out = lab.run(ns, sys.executable, "-c", code).stdout
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+def link(status: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(item for item in status["links"] if item["name"] == name)
+
+
+@pytest.mark.parametrize("lab", [2], indirect=True)
+def test_address_change_gets_a_new_socket_without_loss(lab: Lab) -> None:
+    counters = UplinkCounters(lab)
+    Echo(lab)
+    server = start_server(lab, default_config(lab))
+    client = start_client(lab, default_config(lab), uplinks=[0, 1])
+    sender = Sender(lab, count=1500, interval_ms=3)
+    counters.wait_carrying(0, 1, log=client.log)
+    b = lab.octet
+    # A DHCP renewal that hands out another address: the new one first, then the old one goes
+    # (promoted to primary, as on hosts where a DHCP client manages the interface).
+    lab.run(lab.client_ns, "sysctl", "-qw", "net.ipv4.conf.up0.promote_secondaries=1")
+    lab.run(lab.client_ns, "ip", "addr", "add", f"10.{b}.0.7/24", "dev", "up0")
+    lab.run(lab.client_ns, "ip", "addr", "del", f"10.{b}.0.2/24", "dev", "up0")
+    lab.run(
+        lab.client_ns, "ip", "route", "replace", f"{lab.service_addr}/32",
+        "via", f"10.{b}.0.1", "dev", "up0", "metric", "10",
+    )  # fmt: skip
+    client.log.wait_for(rf"up0: address changed 10\.{b}\.0\.2 -> 10\.{b}\.0\.7, new socket")
+    server.log.wait_for(server_saw(f"10.{b}.0.7"))
+    counters.wait_carrying(0, 1, log=client.log)
+    report = sender.wait()
+    assert report["lost"] == [], report
+
+
+@pytest.mark.parametrize("lab", [2], indirect=True)
+def test_silent_link_is_reported_and_delays_nothing(lab: Lab) -> None:
+    Echo(lab)
+    config = default_config(lab, webManager={"listenAddr": WEB})
+    start_server(lab, config)
+    client = start_client(lab, config, uplinks=[0, 1])
+    sender = Sender(lab, count=4000, interval_ms=3)  # outlasts the 5 s it takes to go quiet
+    UplinkCounters(lab).wait_carrying(0, 1, log=client.log)
+    lab.blackhole(1)  # up, carrier, address: everything looks fine, nothing comes back
+
+    def went_quiet() -> dict[str, Any] | None:
+        status = api(lab, lab.client_ns, "/api/v2/status")
+        up0, up1 = link(status, "up0"), link(status, "up1")
+        if (up1["lastReceivedAge"] or 0) > 6.0:  # "quiet" means silent for 5 s
+            return {"up0": up0, "up1": up1}
+        return None
+
+    seen = wait_until(went_quiet, "up1 to go quiet", timeout_s=20)
+    assert seen["up1"]["status"] == "active"  # still trying: it may come back any moment
+    assert seen["up1"]["quiet"] is True
+    assert seen["up0"]["lastReceivedAge"] < 1.0
+    assert seen["up0"]["quiet"] is False
+    report = sender.wait()
+    assert report["lost"] == [], report
+    text = client.log.text()
+    assert "Traceback" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lab", [2], indirect=True)
+def test_spoofed_junk_flood_does_not_touch_the_tunnel(lab: Lab) -> None:
+    config = write_config(
+        lab,
+        client={
+            "listenAddr": CLIENT_LISTEN,
+            "dstAddr": f"{lab.service_addr}:{SERVER_PORT}",
+            "excludedInterfaces": ["eg*w*"],
+        },
+        server={
+            **server_section("127.0.0.1:59301", wireguard_only=True),
+            "maxClients": 64,
+            "webManager": {"listenAddr": WEB},
+        },
+    )
+    server = start_server(lab, config)
+    client = start_client(lab, config, uplinks=[0, 1])
+    wg = lab.start_wireguard(server_port=59301, client_endpoint=CLIENT_LISTEN)
+    wait_until(
+        lambda: ping(lab.client_ns, wg.server_ip, count=1, timeout_s=1).received == 1,
+        "the WireGuard tunnel",
+        timeout_s=30,
+    )
+    before = api(lab, lab.server_ns, "/api/v2/status")
+    pinger = lab.start_ping(wg.server_ip, 700, 0.01, timeout_s=2.0)
+    flood = lab.run(
+        lab.server_ns,
+        sys.executable, str(SCRIPTS / "spoof_flood.py"), lab.service_addr, str(SERVER_PORT),
+        f"10.{lab.octet}.201",
+        timeout_s=60,
+    )  # fmt: skip
+    sent = json.loads(flood.stdout.strip().splitlines()[-1])
+    result = pinger.wait(60)
+    after = api(lab, lab.server_ns, "/api/v2/status")
+
+    assert result.lost == [], str(result)
+    counters = after["counters"]
+    assert sent["sources"] > 2000
+    assert counters["junk_datagrams"] - before["counters"]["junk_datagrams"] >= sent["junk"]
+    assert counters["empty_datagrams"] >= sent["empty"]
+    assert counters["clients_evicted"] > 0
+    assert after["clientsPending"] <= 64
+    alive = [c for c in after["clients"] if c["state"] == "alive"]
+    assert {c["address"].split(":")[0] for c in alive} == {
+        lab.uplink(0).client_ip,
+        lab.uplink(1).client_ip,
+    }
+    assert after["process"]["rssBytes"] < 150 * 1024 * 1024
+    assert server.proc.poll() is None and client.proc.poll() is None
+    assert "Traceback" not in server.log.text()

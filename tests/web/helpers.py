@@ -75,8 +75,8 @@ def settle(core: ClientCore, now: float) -> None:
     """Do what the link supervisor does after a wake-up: open wanted uplinks, close the rest."""
     wanted = core.wanted()
     for index, up in list(core.uplinks.items()):
-        if up.socket_open and index not in wanted:
-            core.link_closed(index)
+        if up.socket_open and index not in wanted and up.local_port is not None:
+            core.link_closed(index, up.local_port)
     for index, plan in wanted.items():
         if not core.uplinks[index].socket_open:
             core.link_opened(plan, 40000 + index, plan.dst, now)

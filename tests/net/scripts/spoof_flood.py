@@ -1,0 +1,70 @@
+"""Run inside the server namespace (as root): spray the engarde server's port with datagrams
+from thousands of spoofed source addresses (a raw socket writes the IP header itself), plus empty
+and oversize ones. Usage: spoof_flood.py DST_IP DST_PORT SOURCE_PREFIX (e.g. 10.150.201)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import time
+
+
+def ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def packet(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload  # no UDP checksum
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+        socket.inet_aton(src), socket.inet_aton(dst),
+    )  # fmt: skip
+    header = header[:10] + struct.pack("!H", ip_checksum(header)) + header[12:]
+    return header + udp
+
+
+def main() -> None:
+    dst, dport, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    rng = random.Random(7)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    kinds = {"junk": 0, "initiation": 0, "data": 0, "empty": 0}
+    sources = set()
+    rate = float(os.environ.get("FLOOD_RATE", "20000"))  # datagrams/s
+    started = time.monotonic()
+    deadline = started + float(os.environ.get("FLOOD_SECONDS", "4"))
+    sent = 0
+    while time.monotonic() < deadline:
+        ahead = sent / rate - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+        for _ in range(100):
+            sent += 1
+            src = f"{prefix}.{rng.randrange(1, 255)}"
+            sport = rng.randrange(1024, 65535)
+            sources.add((src, sport))
+            kind = rng.choice(["junk", "junk", "initiation", "data", "empty"])
+            if kind == "junk":
+                payload = os.urandom(rng.randrange(1, 1400))
+            elif kind == "initiation":
+                payload = struct.pack("<II", 1, rng.getrandbits(32)) + os.urandom(140)
+            elif kind == "data":
+                payload = struct.pack("<IIQ", 4, rng.getrandbits(32), 0) + os.urandom(64)
+            else:
+                payload = b""
+            raw.sendto(packet(src, sport, dst, dport, payload), (dst, 0))
+            kinds[kind] += 1
+    # Oversize: the largest UDP payload there is, from an ordinary socket.
+    big = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(5):
+        big.sendto(os.urandom(65507), (dst, dport))
+    print(json.dumps({**kinds, "oversize": 5, "sources": len(sources)}))
+
+
+main()
