@@ -39,6 +39,24 @@ from tests.net.helpers import (
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
+WEB = "127.0.0.1:9001"
+
+
+def api(lab: Lab, ns: str, path: str) -> dict[str, Any]:
+    """GET http://WEB/path from inside a namespace."""
+    code = (
+        "import urllib.request, sys\n"
+        f"print(urllib.request.urlopen('http://{WEB}{path}', timeout=5).read().decode())"
+    )
+    out = lab.run(ns, sys.executable, "-c", code).stdout
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+def link(status: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(item for item in status["links"] if item["name"] == name)
+
+
 def open_fds(proc_pid: int) -> int:
     return len(os.listdir(f"/proc/{proc_pid}/fd"))
 
@@ -155,10 +173,12 @@ CHURN_NAMES = 6
 def test_churn_on_other_links_loses_nothing_and_leaks_nothing(lab: Lab) -> None:
     """1000 random link/address/state/name events on other uplinks, traffic on up0 throughout."""
     Echo(lab)
-    start_server(lab, default_config(lab))
-    client = start_client(lab, default_config(lab), uplinks=[0])
+    config = default_config(lab, webManager={"listenAddr": WEB})
+    start_server(lab, config)
+    client = start_client(lab, config, uplinks=[0])
     time.sleep(0.5)
     fds_before = open_fds(client.proc.pid)
+    tasks_before = api(lab, lab.client_ns, "/api/v2/status")["process"]["tasks"]
 
     sender = Sender(lab, count=12000, interval_ms=4)
     rng = random.Random(20261123)
@@ -222,27 +242,14 @@ def test_churn_on_other_links_loses_nothing_and_leaks_nothing(lab: Lab) -> None:
         f"the client's open fds back to {fds_before}",
         details=lambda: f"now {open_fds(client.proc.pid)}\n{client.log.tail()}",
     )
+    wait_until(
+        lambda: api(lab, lab.client_ns, "/api/v2/status")["process"]["tasks"] == tasks_before,
+        f"the client's trio tasks back to {tasks_before}",
+    )
     assert "Traceback" not in client.log.text()
 
 
 # ---- address change, silent links, floods ---------------------------------------------------
-
-WEB = "127.0.0.1:9001"
-
-
-def api(lab: Lab, ns: str, path: str) -> dict[str, Any]:
-    """GET http://WEB/path from inside a namespace."""
-    code = (
-        "import urllib.request, sys\n"
-        f"print(urllib.request.urlopen('http://{WEB}{path}', timeout=5).read().decode())"
-    )
-    out = lab.run(ns, sys.executable, "-c", code).stdout
-    doc: dict[str, Any] = json.loads(out)
-    return doc
-
-
-def link(status: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(item for item in status["links"] if item["name"] == name)
 
 
 @pytest.mark.parametrize("lab", [2], indirect=True)
