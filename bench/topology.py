@@ -1,0 +1,79 @@
+"""What the benchmarks add to :class:`lab.Lab`: fixed ports and per-uplink arrival counters.
+
+Layout (see lab/netns.py): client namespace with uplinks ``up{i}`` (10.B.i.2), server namespace
+with ``sv{i}`` (10.B.i.1) and the service address 10.B.200.1 on its lo. The relays under test use
+the ports of a typical engarde setup:
+
+    client ns: sender -> 127.0.0.1:59401 (client relay) -> up{i} -> 10.B.200.1:59402
+    server ns: server relay 0.0.0.0:59402 -> 127.0.0.1:59301 (sink / echo, "WireGuard")
+
+:class:`UplinkCounters` counts, in the server namespace, the relay datagrams that arrived through
+each ``sv{i}``: it tells when every uplink carries traffic, whatever the relay under test is.
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+
+from lab import Lab
+
+CLIENT_LISTEN = "127.0.0.1:59401"
+SERVER_PORT = 59402
+SERVER_LISTEN = f"0.0.0.0:{SERVER_PORT}"
+WG_PORT = 59301
+WG_ADDR = f"127.0.0.1:{WG_PORT}"
+
+
+def server_dst(lab: Lab) -> str:
+    """Where the client relay sends: the server relay on the service address."""
+    return f"{lab.service_addr}:{SERVER_PORT}"
+
+
+class UplinkCounters:
+    """nftables counters in the server namespace: UDP datagrams to ``port`` arriving on sv{i}.
+
+    A context manager; the table (``bench_uplinks``) is removed on exit. Reading costs one
+    ``nft`` run (~10 ms), so poll, don't spin.
+    """
+
+    TABLE = "bench_uplinks"
+
+    def __init__(self, lab: Lab, indexes: list[int], port: int = SERVER_PORT) -> None:
+        self.lab = lab
+        self.indexes = indexes
+        self.port = port
+
+    def __enter__(self) -> UplinkCounters:
+        names = [self.lab.uplink(i).peer_name for i in self.indexes]
+        lines = [f"add table inet {self.TABLE}", f"delete table inet {self.TABLE}",
+                 f"add table inet {self.TABLE}"]
+        lines += [f"add counter inet {self.TABLE} {name}" for name in names]
+        lines.append(f"add chain inet {self.TABLE} input "
+                     "{ type filter hook input priority -200; }")
+        lines += [f'add rule inet {self.TABLE} input iifname "{name}" udp dport {self.port} '
+                  f'counter name "{name}"' for name in names]
+        self._nft("\n".join(lines) + "\n")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._nft(f"add table inet {self.TABLE}\ndelete table inet {self.TABLE}\n")
+
+    def read(self) -> dict[int, int]:
+        """Packets counted so far, by uplink index."""
+        out = self.lab.run(self.lab.server_ns, "nft", "-j", "list", "counters", "table", "inet",
+                           self.TABLE).stdout
+        by_name: dict[str, int] = {}
+        for item in json.loads(out).get("nftables", []):
+            counter = item.get("counter")
+            if counter:
+                by_name[counter["name"]] = int(counter["packets"])
+        return {i: by_name.get(self.lab.uplink(i).peer_name, 0) for i in self.indexes}
+
+    def _nft(self, script: str) -> None:
+        self.lab.run(self.lab.server_ns, "nft", "-f", "-", input=script)
