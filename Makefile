@@ -4,9 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install system-deps test test-fast lint demo bench clean
 
 install: $(STAMP)
+
+# Debian packages (iproute2, wireguard-go, nftables, chromium, ...): installed if missing.
+system-deps:
+	@bash scripts/install-system-deps.sh
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,20 +18,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+test: system-deps install
 	$(BIN)/pytest -q -rs $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: system-deps install
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check engarde tests bench
 	$(BIN)/mypy
 
-demo: install
+demo: system-deps install
 	$(BIN)/python examples/demo.py
 
-bench: install
+bench: system-deps install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
