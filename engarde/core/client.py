@@ -7,7 +7,9 @@ per interface that should have a socket right now. The link supervisor (a trio s
 against the sockets it runs, and reports back with `link_opened` / `link_closed` / `link_failed`.
 
 Every change that may alter `wanted()` calls the `on_change` listener (the supervisor's wake-up)
-and records a human-readable transition, which the shell logs via `take_transitions()`.
+The shell logs what changed via `take_transitions()`: one line per interface whose state changed
+since the last call, so a burst of kernel messages (a veth deleted: "down", then "gone") reads
+as one event.
 
 The core does not open sockets, resolve names, read clocks or log per datagram. The data path
 bumps the `LinkStats` counters owned here directly (same thread, no locks).
@@ -79,7 +81,7 @@ class ClientCore:
         self.started_at = now
         self.on_change: Callable[[], None] = _nothing
         self._now = now
-        self._transitions: list[str] = []
+        self._reported: dict[int, tuple[str, str, str | None]] = {}  # name, state, source
 
     # ---- inputs from netlink -------------------------------------------------------------
 
@@ -198,9 +200,27 @@ class ClientCore:
         return news
 
     def take_transitions(self) -> list[str]:
-        """Log lines describing what changed since the last call (one per transition)."""
-        out, self._transitions = self._transitions, []
-        return out
+        """Log lines describing what changed since the last call (one per interface)."""
+        lines = []
+        for index, (name, _, _) in list(self._reported.items()):
+            if index not in self.uplinks:
+                del self._reported[index]
+                lines.append(f"{name}: gone (interface removed)")
+        for index, up in self.uplinks.items():
+            before = self._reported.get(index)
+            now = (up.name, up.state, up.source_ip)
+            if before == now:
+                continue
+            self._reported[index] = now
+            if before is None:
+                line = _describe(up.name, True, "", up.state, None, up.source_ip)
+            else:
+                line = _describe(up.name, False, before[1], up.state, before[2], up.source_ip)
+                if line is None and before[0] != up.name:
+                    line = f"{before[0]}: renamed to {up.name} ({up.state})"
+            if line is not None:
+                lines.append(line)
+        return lines
 
     # ---- status ---------------------------------------------------------------------------
 
@@ -278,20 +298,15 @@ class ClientCore:
         return up
 
     def _refresh(self, now: float) -> None:
-        """Recompute each interface's state, record transitions, wake the supervisor."""
+        """Recompute each interface's state and wake the supervisor."""
         self._now = now
         for index in [i for i in self.uplinks if i not in self.table.by_index]:
-            up = self.uplinks.pop(index)
-            self._transitions.append(f"{up.name}: gone (interface removed)")
+            del self.uplinks[index]
         for index, iface in self.table.by_index.items():
             if iface.loopback:
                 continue
-            fresh = index not in self.uplinks
             up = self._uplink(index, now)
             state, source = self._state_of(iface), source_address(iface)
-            line = _describe(iface.name, fresh, up.state, state, up.source_ip, source)
-            if line is not None:
-                self._transitions.append(line)
             if state != up.state:
                 up.state_since = now
             up.state, up.source_ip = state, source

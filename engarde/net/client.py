@@ -34,13 +34,9 @@ async def run_client(
     wg_sock = open_listen_socket(config.listenAddr, what="client.listenAddr")
     fanout = Fanout()
 
-    def log_transitions() -> None:
-        for line in core.take_transitions():
-            logger.info("%s", line)
-
     with wg_sock:
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_netlink_watcher, core, log_transitions)
+            await nursery.start(run_netlink_watcher, core)
             await nursery.start(run_link_supervisor, core, fanout, wg_sock, wakeups, poke)
             nursery.start_soon(wireguard_loop, wg_sock, core, fanout)
             if config.webManager is not None:

@@ -16,7 +16,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,15 +187,13 @@ def _open_events_socket() -> trio.socket.SocketType:
 
 async def run_netlink_watcher(
     listener: InterfaceListener,
-    after_update: Callable[[], None] = lambda: None,
     *,
     rcvbuf: int | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep `listener` in step with the kernel's links and addresses, forever.
 
-    Reports started once the first full dump has been applied. `after_update` runs after every
-    batch of events (the client logs the core's transitions there). Raises NetlinkError if
+    Reports started once the first full dump has been applied. Raises NetlinkError if
     netlink cannot be opened at all; a dropped-events overflow (ENOBUFS) only triggers a re-dump.
     """
     marshal = MarshalRtnl()
@@ -209,7 +207,6 @@ async def run_netlink_watcher(
         raise NetlinkError(f"cannot watch interfaces via netlink: {exc}") from exc
     with sock:
         listener.on_resync(dump.links, dump.addrs, time.monotonic())
-        after_update()
         task_status.started()
         while True:
             try:
@@ -220,7 +217,6 @@ async def run_netlink_watcher(
                 logger.warning("netlink: kernel dropped interface events (ENOBUFS), re-reading all")
                 dump = await _dump_async()
                 listener.on_resync(dump.links, dump.addrs, time.monotonic())
-                after_update()
                 continue
             now = time.monotonic()
             for event in decode(marshal, data):
@@ -230,4 +226,3 @@ async def run_netlink_watcher(
                     listener.on_link_gone(event.index, now)
                 elif isinstance(event, AddrChange):
                     listener.on_address(event.addr, event.present, now)
-            after_update()

@@ -107,6 +107,8 @@ async def run_link_supervisor(
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
+            for line in core.take_transitions():  # one line per interface that changed
+                logger.info("%s", line)
             now = time.monotonic()
             wanted = core.wanted()
             for index, link in list(running.items()):
