@@ -117,6 +117,8 @@ def fmt_value(value: float, unit: str) -> str:
         if abs(value) >= 1e4:
             return f"{value / 1e3:.1f}k"
         return f"{value:.0f}"
+    if unit == "ms" and abs(value) < 10:
+        return f"{value:.2f}"
     if unit in ("us", "us/dgram", "ms"):
         return f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
     if unit == "MiB":

@@ -22,9 +22,11 @@ memory           VmRSS of each relay process after start and after a period at 1
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +37,7 @@ from bench.build import Tools
 from bench.paths import CRelayPath, DirectPath, EngardePath, PathFailed, RelayPath
 from bench.procs import BenchError, ForeignCpu, Tool, busy_cores, run_tool
 from bench.report import Figure, Row, Target
+from bench.topology import SERVER_PORT
 from lab import Lab, LabError
 
 DRAIN_S = 0.2  # after the sender stops: in-flight datagrams reach the sink
@@ -70,6 +73,7 @@ class Settings:
     steady_size: int = 1400
     latency_rate: int = 1000
     latency_size: int = 100
+    hotplug_trials: int = 20
 
 
 QUICK = Settings("quick", reps=3, probe_s=1.0, max_probes=8, steady_s=3.0, latency_s=3.0,
@@ -551,6 +555,333 @@ def scenario_memory(ctx: Context) -> ScenarioResult:
 
 
 # ---------------------------------------------------------------------------------------------
+# hotplug
+
+HOTPLUG_RATE = 2000  # background traffic while uplinks come and go
+HOTPLUG_SETTLE_S = 0.3  # after a change the scenario makes itself, before the next step
+HOTPLUG_TIMEOUT_S = 5.0  # a trial with no copy through the link by then counts as this
+IP_READY_S = 0.05  # `ip -batch -` has switched namespace and waits on stdin by then
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default); p99 of 20 values lies
+    between the two largest."""
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def timed_ip_batch(lab: Lab, ns: str, commands: list[str]) -> tuple[int, int]:
+    """Run ``ip -batch -`` in ``ns``; (monotonic ns just before it got its commands, when it
+    exited).
+
+    The ``ip`` process is started first and handed its commands on stdin once it waits for them,
+    so the first timestamp is taken microseconds before the kernel change, not a fork and exec
+    earlier. Both commands of a batch go out back to back, as a DHCP client adds an address and
+    its route. Raises LabError if ``ip`` fails.
+    """
+    proc = lab.popen(ns, "ip", "-batch", "-", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(IP_READY_S)
+        t0 = time.monotonic_ns()
+        _, err = proc.communicate("\n".join(commands) + "\n", timeout=10)
+        t1 = time.monotonic_ns()
+    except BaseException:
+        lab.stop(proc)
+        raise
+    lab.stop(proc)  # already exited: only forgets it
+    if proc.returncode != 0:
+        raise LabError(f"ip -batch in {ns}: {commands}: {err.strip()}")
+    return t0, t1
+
+
+def first_arrival(ctx: Context, lab: Lab, ifname: str, event: Callable[[], tuple[int, int]],
+                  timeout_s: float = HOTPLUG_TIMEOUT_S) -> dict[str, Any]:
+    """Arm a bench.firstpacket watcher on ``ifname`` (server ns), run ``event`` (returns its
+    (t0, t1) in monotonic ns) and return the delays from t0 in ms: to the first relay datagram
+    through ``ifname`` and to the end of the event's command."""
+    watcher = Tool(lab, lab.server_ns, [sys.executable, "-m", "bench.firstpacket", "--ifname",
+                                        ifname, "--port", str(SERVER_PORT), "--timeout-s",
+                                        str(timeout_s)], f"firstpacket {ifname}")
+    try:
+        watcher.wait_ready("firstpacket: ready")
+        armed = time.monotonic_ns()
+        t0, t1 = event()
+        watcher.proc.wait(timeout=timeout_s + 5)
+        got = watcher.finish()
+    except BaseException:
+        watcher.kill()
+        raise
+    if got["timeout"]:
+        return {"timeout": True, "ip_ms": (t1 - t0) / 1e6, "t0_ns": t0}
+    return {"timeout": False, "ms": (got["first_ns"] - t0) / 1e6, "ip_ms": (t1 - t0) / 1e6,
+            "woke_ms": (got["woke_ns"] - t0) / 1e6, "kernel_stamp": got["kernel_stamp"],
+            "sent_ms": None if got["sent_ns"] is None else (got["sent_ns"] - t0) / 1e6,
+            "src": got["src"], "seq": got["seq"], "armed_ms": (armed - t0) / 1e6, "t0_ns": t0}
+
+
+def scenario_hotplug(ctx: Context) -> ScenarioResult:
+    """engarde only: the C relay's uplinks are fixed at start.
+
+    new-interface: a veth pair appears (server end addressed and up, client end up with no
+    address), then, timed, its address and service route are added in the client namespace.
+    link-up: up1 is set down, then, timed, up and its service route restored (the kernel keeps
+    the address and flushes the route on down). Each trial: t0 just before the kernel change,
+    first copy = kernel receive time of the first relay datagram on the server end.
+    """
+    s = ctx.settings
+    name = "hotplug"
+    trials = s.hotplug_trials
+    size = wg_size(s.latency_size)
+
+    def new_interface_trial(lab: Lab, k: int) -> dict[str, Any]:
+        i = len(lab.uplinks) + k  # indexes the lab never defines: 10.B.i.0/24 is free
+        net = f"10.{lab.octet}.{i}"
+        up, sv = f"up{i}", f"sv{i}"
+        c, srv = lab.client_ns, lab.server_ns
+        lab.run(c, "ip", "link", "add", up, "type", "veth", "peer", "name", sv, "netns", srv)
+        try:
+            lab.run(srv, "ip", "addr", "add", f"{net}.1/24", "dev", sv)
+            lab.run(srv, "ip", "link", "set", sv, "up")
+            lab.run(c, "ip", "link", "set", up, "up")
+            time.sleep(HOTPLUG_SETTLE_S)  # engarde has seen an interface with no address
+            return first_arrival(ctx, lab, sv, lambda: timed_ip_batch(lab, c, [
+                f"addr add {net}.2/24 dev {up}",
+                f"route replace {lab.service_addr}/32 via {net}.1 dev {up} metric {10 + i}"]))
+        finally:
+            lab.run(c, "ip", "link", "del", up, check=False)
+            time.sleep(HOTPLUG_SETTLE_S)
+
+    def link_up_trial(lab: Lab) -> dict[str, Any]:
+        up = lab.uplink(1)
+        lab.link_down(1)
+        try:
+            time.sleep(HOTPLUG_SETTLE_S)
+            return first_arrival(ctx, lab, up.peer_name, lambda: timed_ip_batch(
+                lab, lab.client_ns, [
+                    f"link set {up.name} up",
+                    f"route replace {lab.service_addr}/32 via {up.server_ip} dev {up.name} "
+                    f"metric {up.metric}"]))
+        finally:
+            lab.link_up(1)  # idempotent: repairs whatever a failed trial left
+            time.sleep(HOTPLUG_SETTLE_S)
+
+    def measure(lab: Lab, path: RelayPath, variant: Variant, rep: int) -> dict[str, Any]:
+        udpgen = ctx.tools.udpgen
+        rid = random.randrange(1, 2**31)
+        sink = Tool(lab, lab.server_ns, [udpgen, "sink", "--bind", path.sink_bind, "--rid",
+                                         str(rid)], "sink")
+        sender: Tool | None = None
+        try:
+            sink.wait_ready("udpgen: ready")
+            sender = Tool(lab, lab.client_ns, [
+                udpgen, "send", "--to", path.send_to, "--rate", str(HOTPLUG_RATE), "--size",
+                str(size), "--duration", "3600", "--rid", str(rid)], "sender")
+            time.sleep(0.5)
+            results: dict[str, list[dict[str, Any]]] = {"new-interface": [], "link-up": []}
+            for k in range(trials):
+                results["new-interface"].append(new_interface_trial(lab, k))
+                results["link-up"].append(link_up_trial(lab))
+                path.check_alive()
+                last = {kind: r[-1].get("ms") for kind, r in results.items()}
+                ctx.log(f"  {name} trial {k + 1}/{trials}: "
+                        + ", ".join(f"{kind} {'timeout' if ms is None else f'{ms:.2f} ms'}"
+                                    for kind, ms in last.items()))
+            sent_info = sender.finish()
+            sender = None
+            time.sleep(DRAIN_S)
+            got = sink.finish()
+        except BaseException:
+            if sender is not None:
+                sender.kill()
+            sink.kill()
+            raise
+        sent = int(sent_info["sent"])
+        result = {"trials": results, "sent": sent, "unique": int(got["unique"]),
+                  "lost": sent - int(got["unique"]), "missing": got["missing"],
+                  "send_start_ns": sent_info["start_ns"], "rate": HOTPLUG_RATE}
+        slow = any(t["timeout"] or t["ms"] > 20 for r in results.values() for t in r)
+        if (result["lost"] or slow) and isinstance(path, EngardePath):
+            # what engarde logged (link transitions, socket errors with errno) tells why
+            result["logs"] = {role: path.log_tail(role, 20000) for role in path.pids()}
+        return result
+
+    single = dataclasses.replace(ctx, settings=dataclasses.replace(s, reps=1))  # same notes
+    raw = run_variants(single, name, [Variant("engarde", 3)], measure)
+    rows: list[Row] = []
+    labels = {"new-interface": "address on a new interface", "link-up": "link back up"}
+    for kind, label in labels.items():
+        runs = [r for r in raw["engarde-x3"] if not r.get("invalid")]
+        trial_list = [t for r in runs for t in r["trials"][kind]]
+        # a trial that saw nothing within the watcher's timeout counts as that timeout
+        ms = [HOTPLUG_TIMEOUT_S * 1e3 if t["timeout"] else t["ms"] for t in trial_list]
+        ip_ms = [t["ip_ms"] for t in trial_list]
+        timeouts = sum(1 for t in trial_list if t["timeout"])
+        if timeouts:
+            ctx.note(f"{name}: {kind}: {timeouts} of {len(trial_list)} trials saw no copy "
+                     f"through the link within {HOTPLUG_TIMEOUT_S:.0f} s")
+        for q, target in (("p50", None), ("p99", Target("max", 20.0, "<= 20 ms"))):
+            qv = float(q[1:]) / 100
+            eng = None
+            if ctx.engarde_ok:
+                eng = Figure([quantile(ms, qv)] if ms else [])
+            base = {"`ip` command itself": Figure([quantile(ip_ms, qv)] if ip_ms else [])}
+            rows.append(Row(name, f"hotplug {q}, {label} -> first copy through it "
+                            f"({len(trial_list)} trials)", "ms", eng, base, target=target))
+    lost = [r["lost"] for r in raw["engarde-x3"]]
+    rows.append(Row(name, f"datagrams lost during the hotplug trials ({HOTPLUG_RATE // 1000}k/s)",
+                    "dgram", Figure([float(x) for x in lost]) if ctx.engarde_ok else None, {},
+                    target=Target("equal", 0.0, "0")))
+    return rows, {"rate": HOTPLUG_RATE, "size": size, "trials": trials, "runs": raw}
+
+
+# ---------------------------------------------------------------------------------------------
+# failover
+
+FAILOVER_RATE = 2000
+FAILOVER_SIZE = 1400
+FAILOVER_BEFORE_S = 2.0
+FAILOVER_AFTER_S = 4.0  # a stalled uplink's send path takes ~2 s to fill at 2k/s
+FAILOVER_CASES = ("hard-cut", "blackhole", "stall")
+STALL_TBF = ["rate", "8kbit", "burst", "1600", "limit", "256mb"]
+
+
+def failover_event(lab: Lab, case: str, i: int) -> None:
+    """Break uplink ``i`` the way ``case`` says (see scenario_failover)."""
+    up = lab.uplink(i)
+    if case == "hard-cut":
+        lab.delete_uplink(i)
+    elif case == "blackhole":
+        lab.blackhole(i, True)
+    elif case == "stall":
+        lab.run(lab.client_ns, "tc", "qdisc", "replace", "dev", up.name, "root", "tbf",
+                *STALL_TBF)
+    else:
+        raise ValueError(f"unknown failover case {case!r}")
+
+
+def failover_prepare(lab: Lab, case: str, i: int) -> None:
+    if case == "stall":
+        # A permanent neighbour entry: otherwise ARP re-probes queue behind the stalled qdisc,
+        # the entry fails and the kernel drops the copies in the neighbour layer (a silent
+        # blackhole, not a full send path).
+        up = lab.uplink(i)
+        info = json.loads(lab.run(lab.server_ns, "ip", "-j", "link", "show", "dev",
+                                  up.peer_name).stdout)
+        lab.run(lab.client_ns, "ip", "neigh", "replace", up.server_ip, "lladdr",
+                info[0]["address"], "dev", up.name, "nud", "permanent")
+
+
+def failover_repair(lab: Lab, case: str, i: int) -> None:
+    up = lab.uplink(i)
+    if case == "hard-cut":
+        if not lab.link_flags(up.name):
+            lab.add_uplink(i)
+    elif case == "blackhole":
+        lab.blackhole(i, False)
+    elif case == "stall":
+        lab.run(lab.client_ns, "tc", "qdisc", "del", "dev", up.name, "root", check=False)
+        lab.run(lab.client_ns, "ip", "neigh", "del", up.server_ip, "dev", up.name, check=False)
+
+
+def scenario_failover(ctx: Context) -> ScenarioResult:
+    """2k datagrams/s (1408 B) over 3 uplinks; after FAILOVER_BEFORE_S, uplink 1 breaks:
+
+    hard-cut   its veth pair is deleted (sockets bound to it get ENODEV / vanish);
+    blackhole  nftables drops everything in and out of up1 (sends succeed, nothing arrives);
+    stall      a tbf qdisc at 8 kbit/s with a 256 MB queue on up1: sends succeed until the
+               socket's send buffer is full of queued copies (~2 s), then would block.
+
+    The sink counts unique sequence numbers (lost = sent - unique, with the missing ranges) and
+    splits the first-copy delays at the event's time. The event is scheduled before the sink
+    starts so its monotonic time can be given to ``--split-ns``.
+    """
+    s = ctx.settings
+    name = "failover"
+    size = wg_size(FAILOVER_SIZE)
+    count = int(FAILOVER_RATE * (FAILOVER_BEFORE_S + FAILOVER_AFTER_S))
+    variants = [Variant("crelay", 3), Variant("engarde", 3)]
+    raw_by_case: dict[str, dict[str, list[dict[str, Any]]]] = {}
+
+    for case in FAILOVER_CASES:
+        def measure(lab: Lab, path: RelayPath, variant: Variant, rep: int,
+                    case: str = case) -> dict[str, Any]:
+            udpgen = ctx.tools.udpgen
+            rid = random.randrange(1, 2**31)
+            failover_prepare(lab, case, 1)
+            event_ns = time.monotonic_ns() + int((0.5 + FAILOVER_BEFORE_S) * 1e9)
+            sink = Tool(lab, lab.server_ns, [
+                udpgen, "sink", "--bind", path.sink_bind, "--rid", str(rid), "--expect",
+                str(count), "--split-ns", str(event_ns)], "sink")
+            sender: Tool | None = None
+            try:
+                sink.wait_ready("udpgen: ready")
+                sender = Tool(lab, lab.client_ns, [
+                    udpgen, "send", "--to", path.send_to, "--rate", str(FAILOVER_RATE),
+                    "--size", str(size), "--count", str(count), "--rid", str(rid)], "sender")
+                time.sleep(max(0.0, (event_ns - time.monotonic_ns()) / 1e9))
+                t0 = time.monotonic_ns()
+                failover_event(lab, case, 1)
+                event_ms = (time.monotonic_ns() - t0) / 1e6
+                sender.proc.wait(timeout=FAILOVER_BEFORE_S + FAILOVER_AFTER_S + 30)
+                sent_info = sender.finish()
+                sender = None
+                time.sleep(DRAIN_S)
+                got = sink.finish()
+                path.check_alive()
+            except BaseException:
+                if sender is not None:
+                    sender.kill()
+                sink.kill()
+                raise
+            finally:
+                failover_repair(lab, case, 1)
+            sent = int(sent_info["sent"])
+            lost = sent - int(got["unique"])
+            before, after = got["delay_before_us"], got["delay_after_us"]
+            ctx.log(f"{name} {case} repetition {rep + 1}/{s.reps}: {path.label}: lost {lost}"
+                    f"{' ' + str(got['missing']) if lost else ''}, p99 first copy before "
+                    f"{before['p99']:.0f} us, after {after['p99']:.0f} us")
+            result = {"sent": sent, "unique": int(got["unique"]), "lost": lost,
+                      "missing": got.get("missing"), "duplicates": int(got["duplicates"]),
+                      "event_offset_ms": (t0 - event_ns) / 1e6, "event_ms": event_ms,
+                      "delay_before_us": before, "delay_after_us": after,
+                      "send_start_ns": sent_info["start_ns"], "event_ns": t0}
+            if sent != count:
+                result["invalid"] = f"the sender sent {sent} of {count}"
+            if lost and isinstance(path, EngardePath):
+                result["logs"] = {role: path.log_tail(role, 3000) for role in path.pids()}
+            return result
+
+        raw_by_case[case] = run_variants(ctx, f"{name}-{case}", variants, measure)
+
+    rows: list[Row] = []
+    for case, raw in raw_by_case.items():
+        def lost(r: dict[str, Any]) -> float:
+            return float(r["lost"])
+
+        rows.append(Row(name, f"failover {case}: datagrams lost at the receiver "
+                        f"({FAILOVER_RATE // 1000}k/s, 3 uplinks)", "dgram",
+                        engarde_figure(ctx, raw["engarde-x3"], lost),
+                        {"C relay": figure(raw["crelay-x3"], lost)}, reference=None,
+                        target=Target("equal", 0.0, "0")))
+        for when in ("before", "after"):
+            def p99(r: dict[str, Any], when: str = when) -> float | None:
+                h = r[f"delay_{when}_us"]
+                return float(h["p99"]) if h["count"] else None
+
+            rows.append(Row(name, f"failover {case}: first-copy delay p99 {when} the event",
+                            "us", engarde_figure(ctx, raw["engarde-x3"], p99),
+                            {"C relay": figure(raw["crelay-x3"], p99)}, reference="C relay"))
+    return rows, {"rate": FAILOVER_RATE, "size": size, "count": count,
+                  "before_s": FAILOVER_BEFORE_S, "after_s": FAILOVER_AFTER_S,
+                  "cases": raw_by_case}
+
+
+# ---------------------------------------------------------------------------------------------
 # registry
 
 
@@ -569,6 +900,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("cpu-10k", scenario_cpu_steady, "CPU time per datagram at a steady 10k/s"),
     Scenario("latency", scenario_latency, "ping-pong RTT added over the direct path at 1k/s"),
     Scenario("memory", scenario_memory, "RSS after start and after a period at 10k/s"),
-    Scenario("hotplug", None, "address appears / link returns -> first copy through it"),
-    Scenario("failover", None, "cut, blackhole, stall one of 3 uplinks at 2k/s: loss, p99"),
+    Scenario("hotplug", scenario_hotplug,
+             "address appears / link returns -> first copy through it (engarde only)"),
+    Scenario("failover", scenario_failover,
+             "cut, blackhole, stall one of 3 uplinks at 2k/s: loss, p99 before/after"),
 ]

@@ -342,8 +342,8 @@ def _match_ifname(pattern: str, ifname: str) -> bool:
     return pattern == ifname or fnmatch.fnmatchcase(ifname, pattern)
 
 
-class ClientConfig(BaseModel):
-    """The ``client:`` section."""
+class _RoleConfig(BaseModel):
+    """The keys both sections have."""
 
     model_config = _MODEL_CONFIG
 
@@ -352,11 +352,7 @@ class ClientConfig(BaseModel):
     dstAddr: str
     writeTimeout: int = DEFAULT_WRITE_TIMEOUT_MS
     """Milliseconds after validation; -1 means disabled (see ``write_timeout_ms``)."""
-    excludedInterfaces: list[str] = Field(default_factory=list)
-    interfaceLabels: dict[str, str] = Field(default_factory=dict)
-    dstOverrides: list[DstOverride] = Field(default_factory=list)
     webManager: WebManagerConfig | None = None
-    dropForeignSources: bool = True
 
     @field_validator("listenAddr")
     @classmethod
@@ -373,6 +369,25 @@ class ClientConfig(BaseModel):
     def _write_timeout(cls, value: object) -> int:
         return _normalize_write_timeout(value)
 
+    @field_validator("webManager")
+    @classmethod
+    def _web_manager(cls, value: WebManagerConfig | None) -> WebManagerConfig | None:
+        return _web_manager_or_none(value)
+
+    @property
+    def write_timeout_ms(self) -> int | None:
+        """The write deadline in milliseconds; None when disabled."""
+        return None if self.writeTimeout < 0 else self.writeTimeout
+
+
+class ClientConfig(_RoleConfig):
+    """The ``client:`` section."""
+
+    excludedInterfaces: list[str] = Field(default_factory=list)
+    interfaceLabels: dict[str, str] = Field(default_factory=dict)
+    dstOverrides: list[DstOverride] = Field(default_factory=list)
+    dropForeignSources: bool = True
+
     @field_validator("excludedInterfaces")
     @classmethod
     def _excluded(cls, value: list[str]) -> list[str]:
@@ -385,16 +400,6 @@ class ClientConfig(BaseModel):
     @classmethod
     def _drop_foreign(cls, value: object) -> bool:
         return _parse_bool(value)
-
-    @field_validator("webManager")
-    @classmethod
-    def _web_manager(cls, value: WebManagerConfig | None) -> WebManagerConfig | None:
-        return _web_manager_or_none(value)
-
-    @property
-    def write_timeout_ms(self) -> int | None:
-        """Per-write deadline on uplinks in milliseconds; None when disabled."""
-        return None if self.writeTimeout < 0 else self.writeTimeout
 
     def is_excluded(self, ifname: str) -> bool:
         """True when ``ifname`` equals or glob-matches an ``excludedInterfaces`` entry."""
@@ -412,41 +417,19 @@ class ClientConfig(BaseModel):
         return self.interfaceLabels.get(ifname, "")
 
 
-class ServerConfig(BaseModel):
+class ServerConfig(_RoleConfig):
     """The ``server:`` section."""
 
-    model_config = _MODEL_CONFIG
-
-    description: str = ""
-    listenAddr: str
-    dstAddr: str
     clientTimeout: float = DEFAULT_CLIENT_TIMEOUT_S
     """Seconds after validation (0 in the file means the default, 30)."""
-    writeTimeout: int = DEFAULT_WRITE_TIMEOUT_MS
-    webManager: WebManagerConfig | None = None
     maxClients: int = Field(default=DEFAULT_MAX_CLIENTS, ge=1)
     relayNonWireGuard: bool = False
     """Relay datagrams that are not shaped like WireGuard messages (off: counted and dropped)."""
-
-    @field_validator("listenAddr")
-    @classmethod
-    def _listen_addr(cls, value: str) -> str:
-        return _check_listen_addr(value)
-
-    @field_validator("dstAddr")
-    @classmethod
-    def _dst_addr(cls, value: str) -> str:
-        return _check_dst_addr(value)
 
     @field_validator("clientTimeout", mode="before")
     @classmethod
     def _client_timeout(cls, value: object) -> float:
         return _normalize_client_timeout(value)
-
-    @field_validator("writeTimeout", mode="before")
-    @classmethod
-    def _write_timeout(cls, value: object) -> int:
-        return _normalize_write_timeout(value)
 
     @field_validator("maxClients", mode="before")
     @classmethod
@@ -458,19 +441,10 @@ class ServerConfig(BaseModel):
     def _relay_non_wireguard(cls, value: object) -> bool:
         return _parse_bool(value)
 
-    @field_validator("webManager")
-    @classmethod
-    def _web_manager(cls, value: WebManagerConfig | None) -> WebManagerConfig | None:
-        return _web_manager_or_none(value)
-
     @property
     def client_timeout_s(self) -> float:
         """How long a client address may stay silent and still receive copies."""
         return self.clientTimeout
-
-    @property
-    def write_timeout_ms(self) -> int | None:
-        return None if self.writeTimeout < 0 else self.writeTimeout
 
 
 class Config(BaseModel):

@@ -5,7 +5,9 @@
  *                   [--tick-us T]  (paced: wake at most every T us and send what is due, so a
  *                   high rate costs fewer wake-ups; 0 = one wake-up per datagram)
  *   udpgen sink     --bind H:P [--duration S] [--idle-ms MS] [--expect N] [--split-ns T]
- *                   [--rid N]   (count only datagrams of this run; others are "foreign")
+ *                   [--rid N]   (count only datagrams of this run; others are "foreign";
+ *                   the first 32 runs of missing sequence numbers, below N with --expect N,
+ *                   else below the highest seen, are listed as "missing": [[first, last]...])
  *   udpgen echo     --bind H:P [--dedup] [--duration S]
  *   udpgen pingpong --to H:P [--rate R] [--size B] [--count N | --duration S] [--timeout-ms MS]
  *                   (one datagram at a time: wait for its echo or the timeout, default 1000 ms;
@@ -42,6 +44,7 @@
 #define HDR_LEN 24
 #define MAX_SIZE 65507
 #define BATCH 64
+#define MISSING_RANGES 32 /* sink --expect: lost sequence numbers reported as ranges */
 #define MAX_SEQ (1ULL << 31) /* bitmap cap: 256 MiB of bits, far above any bench run */
 
 static volatile sig_atomic_t g_stop;
@@ -207,6 +210,11 @@ static int bm_test_set(struct bitmap *b, uint64_t seq) {
     if (b->w[wi] & bit) return 1;
     b->w[wi] |= bit;
     return 0;
+}
+
+static int bm_has(const struct bitmap *b, uint64_t seq) {
+    size_t wi = (size_t)(seq >> 6);
+    return wi < b->words && (b->w[wi] >> (seq & 63) & 1);
 }
 
 /* ---- options ---- */
@@ -484,6 +492,20 @@ static int run_sink(const struct opts *o) {
                (long long)o->expect - (long long)unique);
     else
         printf("\"lost\":null,");
+    /* which ones: the first MISSING_RANGES runs [a, b] of sequence numbers absent below
+     * --expect (without it, below the highest one seen: a lost tail is not visible then) */
+    const uint64_t upto = o->expect ? o->expect : (unique ? max_seq + 1 : 0);
+    printf("\"missing\":[");
+    int runs = 0;
+    for (uint64_t s = 0; s < upto && runs < MISSING_RANGES; s++) {
+        if (bm_has(&bm, s)) continue;
+        uint64_t e = s;
+        while (e + 1 < upto && !bm_has(&bm, e + 1)) e++;
+        printf("%s[%llu,%llu]", runs ? "," : "", (unsigned long long)s, (unsigned long long)e);
+        runs++;
+        s = e;
+    }
+    printf("],");
     printf("\"first_rx_ns\":%llu,\"last_rx_ns\":%llu,\"rx_span_s\":%.6f,\"rate\":%.1f,",
            (unsigned long long)first_rx, (unsigned long long)last_rx, span,
            span > 0 ? (double)unique / span : 0.0);
