@@ -9,6 +9,7 @@ Start-up failures are one line on stderr, never a traceback. Only this module co
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -72,6 +73,11 @@ async def _serve(role: str, config: Any) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(runner, config)
+            # Everything loaded so far (quart, pydantic, hypercorn: ~70k objects) lives as long
+            # as the process. Freezing it keeps the cyclic GC from rescanning it: a full
+            # collection over it stalls every relay loop for ~50 ms on this kind of machine.
+            gc.collect()
+            gc.freeze()
             async for signum in signals:
                 logger.info("%s received: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
