@@ -10,7 +10,8 @@ processes (``pids``: "client" and "server") for CPU and memory readings.
   listed in ``excludedInterfaces``. Skipped with a note if ``python -m engarde --version`` fails.
 
 ``start()`` returns only once every used uplink has carried a datagram to the server namespace
-(:func:`wait_uplinks_ready`), so a measurement never includes start-up. ``stop()`` stops the
+and the server relay has handed datagrams on (:func:`wait_uplinks_ready`), plus 0.3 s, so a
+measurement never includes start-up. ``stop()`` stops the
 processes by PID and returns what they reported.
 """
 
@@ -38,6 +39,7 @@ from lab import REPO_ROOT, Lab
 from lab.netns import stop_process
 
 READY_TIMEOUT_S = 20.0
+PROBE_SETTLE_S = 0.3  # probe stream kept flowing after the path proved it relays end to end
 ENGARDE_STOP_TIMEOUT_S = 5.0
 
 
@@ -289,15 +291,25 @@ def wait_uplinks_ready(path: RelayPath, timeout_s: float) -> None:
                                "500", "--size", "112", "--duration", str(timeout_s), "--rid",
                                "0x7072", stdout=subprocess.DEVNULL)
             counts: dict[int, int] = {}
+            # A relay path is ready when every uplink carries copies *and* the server relay
+            # hands them on: copies reach sv{i} even while the server relay is still starting
+            # (they are then lost), so uplink counts alone would start measurements early.
+            relayed = path.kind != "direct"
             while True:
                 path.check_alive()
                 counts = counters.read()
-                if all(counts[i] > 0 for i in path.used):
+                if all(counts[i] > 0 for i in path.used) and (
+                        not relayed or counters.delivered > 0):
                     break
                 if time.monotonic() > deadline:
                     raise PathFailed(f"{path.label}: not every uplink carried traffic after "
-                                     f"{timeout_s} s (datagrams per uplink: {counts})")
+                                     f"{timeout_s} s (datagrams per uplink: {counts}, handed "
+                                     f"on by the server relay: {counters.delivered})")
                 time.sleep(0.05)
+            if relayed:
+                # the server relay is relaying now: let a few more probes through so one-off
+                # start-up work right after "ready" is behind us too
+                time.sleep(PROBE_SETTLE_S)
             stray = {i: n for i, n in counts.items() if i not in path.used and n > 0}
             if stray:
                 raise PathFailed(f"{path.label}: excluded uplinks carried traffic: {stray}")

@@ -31,7 +31,9 @@ def server_dst(lab: Lab) -> str:
 
 
 class UplinkCounters:
-    """nftables counters in the server namespace: UDP datagrams to ``port`` arriving on sv{i}.
+    """nftables counters in the server namespace: UDP datagrams to ``port`` arriving on sv{i},
+    and (``delivered``) datagrams the server namespace sends to WG_PORT, i.e. that a server relay
+    handed on.
 
     A context manager; the table (``bench_uplinks``) is removed on exit. Reading costs one
     ``nft`` run (~10 ms), so poll, don't spin.
@@ -39,10 +41,13 @@ class UplinkCounters:
 
     TABLE = "bench_uplinks"
 
+    DELIVERED = "delivered"
+
     def __init__(self, lab: Lab, indexes: list[int], port: int = SERVER_PORT) -> None:
         self.lab = lab
         self.indexes = indexes
         self.port = port
+        self.delivered = 0  # updated by read(): datagrams sent to WG_PORT from the server ns
 
     def __enter__(self) -> UplinkCounters:
         names = [self.lab.uplink(i).peer_name for i in self.indexes]
@@ -53,6 +58,13 @@ class UplinkCounters:
                      "{ type filter hook input priority -200; }")
         lines += [f'add rule inet {self.TABLE} input iifname "{name}" udp dport {self.port} '
                   f'counter name "{name}"' for name in names]
+        # what the server relay hands to "WireGuard": proof that it is up and relaying, not only
+        # that copies reach its namespace
+        lines += [f"add counter inet {self.TABLE} {self.DELIVERED}",
+                  f"add chain inet {self.TABLE} output "
+                  "{ type filter hook output priority -200; }",
+                  f"add rule inet {self.TABLE} output udp dport {WG_PORT} "
+                  f'counter name "{self.DELIVERED}"']
         self._nft("\n".join(lines) + "\n")
         return self
 
@@ -73,6 +85,7 @@ class UplinkCounters:
             counter = item.get("counter")
             if counter:
                 by_name[counter["name"]] = int(counter["packets"])
+        self.delivered = by_name.get(self.DELIVERED, 0)
         return {i: by_name.get(self.lab.uplink(i).peer_name, 0) for i in self.indexes}
 
     def _nft(self, script: str) -> None:
