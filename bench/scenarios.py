@@ -17,6 +17,13 @@ latency          Ping-pong at 1k/s (112 B, 3 uplinks) against an echo that drops
                  WireGuard; the figure is the RTT quantile minus the median over the same run's
                  repetitions of the direct path's quantile.
 memory           VmRSS of each relay process after start and after a period at 10k/s.
+hotplug          engarde only, 2k/s flowing: 20 trials each of an address appearing on a new
+                 interface and of up1 coming back up; delay from just before the kernel change
+                 to the kernel receive time of the first copy on the server end (see
+                 scenario_hotplug and bench/firstpacket.py).
+failover         2k/s over 3 uplinks, C relay and engarde; after 2 s up1 is deleted,
+                 blackholed or stalled (tbf): datagrams lost at the sink, first-copy delay p99
+                 before and after the event (udpgen sink --split-ns).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 PKTINFO_ANC_BYTES = socket.CMSG_SPACE(20) * 2
 
 
@@ -104,6 +105,11 @@ def open_uplink_socket(ifname: str, source_ip: str, port: int = 0) -> socket.soc
     sock = socket.socket(family_of(source_ip), socket.SOCK_DGRAM)
     try:
         # No SO_REUSEADDR: with it a stale socket could share the port and steal the replies.
+        # IP_FREEBIND: the kernel announces a new address (RTM_NEWADDR) a moment before the
+        # address becomes bindable; we react inside that window, and bind() would fail with
+        # EADDRNOTAVAIL. The address is on the interface, so binding to it early is right.
+        if family_of(source_ip) == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode() + b"\0")
         set_buffers(sock)
         try:

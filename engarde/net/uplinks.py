@@ -36,7 +36,7 @@ from engarde.net.sockets import (
 logger = logging.getLogger(__name__)
 
 BATCH = 64
-RETRY_FIRST_S = 0.5
+RETRY_FIRST_S = 0.05  # then doubling: 0.1, 0.2, ... up to RETRY_MAX_S
 RETRY_MAX_S = 10.0
 
 # (bound sendto, destination, the link's counters): what the WireGuard-side loop needs per copy.
