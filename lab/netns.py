@@ -596,9 +596,17 @@ class Lab:
         ``up{i}`` then shows NO-CARRIER, keeps its address and routes (marked linkdown), and
         sends through it succeed and vanish, like an unplugged cable or a dead modem. The server
         end loses its connected route meanwhile; the kernel restores it when it comes back up.
+
+        Returns once ``up{i}`` shows the new carrier state: the kernel propagates it through its
+        link watch, asynchronously (up to about a second later). Raises LabError after 5 s.
         """
         up = self.uplinks[i]
         self._ip(self.server_ns, "link", "set", up.peer_name, "up" if on else "down")
+        deadline = time.monotonic() + 5.0
+        while ("NO-CARRIER" in self.link_flags(up.name)) == on:
+            if time.monotonic() > deadline:
+                raise LabError(f"{up.name}: carrier still {'off' if on else 'on'} after 5 s")
+            time.sleep(0.01)
         if on:
             self._flush_neighbours(up)
 
