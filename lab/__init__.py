@@ -10,36 +10,5 @@ Traffic only ever goes to loopback or to addresses inside namespaces a :class:`L
 
 from __future__ import annotations
 
-from lab.netns import (
-    REPO_ROOT,
-    Lab,
-    LabError,
-    LabUnavailable,
-    PingProcess,
-    PingResult,
-    Uplink,
-    WireGuardPair,
-    lab_available,
-    parse_ping_output,
-    ping,
-    require_lab,
-    seq_ranges,
-    stop_process,
-)
-
-__all__ = [
-    "REPO_ROOT",
-    "Lab",
-    "LabError",
-    "LabUnavailable",
-    "PingProcess",
-    "PingResult",
-    "Uplink",
-    "WireGuardPair",
-    "lab_available",
-    "parse_ping_output",
-    "ping",
-    "require_lab",
-    "seq_ranges",
-    "stop_process",
-]
+from lab.netns import *  # noqa: F403 - the package re-exports the module's public names
+from lab.netns import __all__ as __all__

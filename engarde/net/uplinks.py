@@ -200,7 +200,11 @@ async def uplink_receive_loop(
     core: ClientCore,
     wg_sock: socket.socket,
 ) -> None:
-    """Server -> WireGuard for one uplink. Never awaits per datagram."""
+    """Server -> WireGuard for one uplink. Never awaits per datagram.
+
+    Uplinks send from IPv4 addresses only, so a source is an (ip, port) pair comparable with
+    `server` as it is.
+    """
     buf = bytearray(RECV_BYTES)
     view = memoryview(buf)
     recv = sock.recvfrom_into
@@ -209,12 +213,14 @@ async def uplink_receive_loop(
     check_source = core.config.dropForeignSources
     while True:
         accepted = 0
+        drained = False
         for _ in range(BATCH):
             try:
                 n, src = recv(buf)
             except BlockingIOError:
+                drained = True
                 break
-            if check_source and (src[0], src[1]) != server:
+            if check_source and src != server:
                 stats.rx_foreign += 1
                 continue
             if n == 0:
@@ -235,14 +241,12 @@ async def uplink_receive_loop(
                 stats.rx_dropped_full += 1
             except OSError:
                 relay.wg_tx_errors += 1
-        else:
-            if accepted:
-                stats.last_rx = time.monotonic()
-            await trio.lowlevel.checkpoint()
-            continue
         if accepted:
-            stats.last_rx = time.monotonic()
-        await trio.lowlevel.wait_readable(sock)
+            stats.last_rx = time.monotonic()  # once per batch, not per datagram
+        if drained:
+            await trio.lowlevel.wait_readable(sock)
+        else:
+            await trio.lowlevel.checkpoint()  # a full batch: stay fair, more may be waiting
 
 
 async def wireguard_loop(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) -> None:
