@@ -1,5 +1,7 @@
-"""Fan-out shapes, measured in one process on loopback: inline non-blocking sends (what
-engarde.net.uplinks.wireguard_loop does) against one bounded memory-channel outbox per link.
+"""Fan-out shapes, measured in one process on loopback: inline non-blocking sends from the pump
+thread (what engarde does: engarde.net.pump + engarde.net.uplinks.wireguard_handler), the same
+handler driven by a trio task (wait_readable between batches), and one bounded memory-channel
+outbox per link drained by its own trio task.
 
 A separate process floods the relay's listen socket with 1400-byte datagrams; the relay copies each
 to 3 sink sockets on 127.0.0.1 (nobody reads them: the kernel drops at the full receiver, which
@@ -23,7 +25,8 @@ import trio
 
 from engarde.config import ClientConfig
 from engarde.core.client import ClientCore
-from engarde.net.uplinks import BATCH, Fanout, wireguard_loop
+from engarde.net.pump import Pump, run_pump
+from engarde.net.uplinks import BATCH, Fanout, wireguard_handler
 
 
 def _flood(port: int, size: int, stop_at: float) -> None:
@@ -57,15 +60,31 @@ def _core() -> ClientCore:
     return ClientCore(ClientConfig(listenAddr="127.0.0.1:1", dstAddr="127.0.0.1:2"))
 
 
-async def _inline(listen: socket.socket, outs: list[socket.socket], dsts: list[Any]) -> ClientCore:
-    core = _core()
+def _fanout(core: ClientCore, outs: list[socket.socket], dsts: list[Any]) -> Fanout:
     fanout = Fanout()
     for i, (out, dst) in enumerate(zip(outs, dsts, strict=True)):
         fanout.add(i, (out.sendto, dst, core.stats_for(i)))
+    return fanout
+
+
+async def _pump(listen: socket.socket, outs: list[socket.socket], dsts: list[Any]) -> ClientCore:
+    core = _core()
+    pump = Pump()
+    pump.register(listen, wireguard_handler(listen, core, _fanout(core, outs, dsts)))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(wireguard_loop, listen, core, fanout)
+        await nursery.start(run_pump, pump)
         await trio.sleep(SECONDS)
         nursery.cancel_scope.cancel()
+    return core
+
+
+async def _inline(listen: socket.socket, outs: list[socket.socket], dsts: list[Any]) -> ClientCore:
+    core = _core()
+    handler = wireguard_handler(listen, core, _fanout(core, outs, dsts))
+    with trio.move_on_after(SECONDS):
+        while True:
+            handler()
+            await trio.lowlevel.wait_readable(listen)
     return core
 
 
@@ -134,7 +153,7 @@ def measure(shape: str, links: int, size: int) -> dict[str, float]:
     flood.start()
     try:
         cpu0 = time.process_time()
-        runner = _inline if shape == "inline" else _channels
+        runner = {"pump": _pump, "inline": _inline, "channels": _channels}[shape]
         core = trio.run(runner, listen, outs, dsts)
         cpu = time.process_time() - cpu0
     finally:
@@ -158,7 +177,7 @@ def main() -> None:
     args = parser.parse_args()
     SECONDS = args.seconds
     results: dict[str, Any] = {}
-    for shape in ("inline", "channels"):
+    for shape in ("pump", "inline", "channels"):
         runs = [measure(shape, args.links, args.size) for _ in range(args.runs)]
         rates = sorted(r["datagrams_per_s"] for r in runs)
         cpus = sorted(r["cpu_us_per_datagram"] for r in runs)

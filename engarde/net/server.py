@@ -1,10 +1,13 @@
 """run_server: the server's nursery tree (see docs/architecture.md).
 
     run_server
-    ├─ clients loop     listen socket -> core (who is alive) -> upstream socket (WireGuard)
-    ├─ wireguard loop   upstream socket -> every client address alive (non-blocking sends)
-    ├─ expiry           once a second: forget silent client addresses
+    ├─ pump             the data path's thread (engarde.net.pump), one epoll over both sockets:
+    │                     listen socket -> core (who is alive) -> upstream socket (WireGuard)
+    │                     upstream socket -> every client address alive (non-blocking sends)
+    │                     once a second: forget silent client addresses
     └─ dashboard        optional (webManager)
+
+The client table (ServerCore) is written only in the pump thread; the dashboard reads snapshots.
 
 On a wildcard listen address the listen socket reports each datagram's destination
 (IP_PKTINFO), and replies to that client leave from the same address: a multi-homed server
@@ -16,12 +19,14 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import trio
 
 from engarde.config import ServerConfig, parse_host_port
 from engarde.core.server import ClientAddress, ServerCore
 from engarde.core.wireguard import DATA, JUNK, message_type
+from engarde.net.pump import Handler, Pump, run_pump
 from engarde.net.ratelimit import LogLimiter
 from engarde.net.sockets import (
     PKTINFO_ANC_BYTES,
@@ -54,10 +59,12 @@ async def run_server(
         with upstream:
             host, port = upstream.getsockname()[:2]
             core.upstream_local = f"{host}:{port}"
+            pump = Pump()
+            pump.register(listen, clients_handler(listen, upstream, core, pktinfo))
+            pump.register(upstream, wireguard_handler(upstream, listen, core, pktinfo))
+            pump.every(EXPIRY_PERIOD_S, expiry_handler(core))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(clients_loop, listen, upstream, core, pktinfo)
-                nursery.start_soon(wireguard_loop, upstream, listen, core, pktinfo)
-                nursery.start_soon(expiry_loop, core)
+                await nursery.start(run_pump, pump)
                 if config.webManager is not None:
                     from engarde.web.serve import run_dashboard
 
@@ -71,10 +78,10 @@ async def run_server(
                 task_status.started(core)
 
 
-async def clients_loop(
+def clients_handler(
     listen: socket.socket, upstream: socket.socket, core: ServerCore, pktinfo: bool
-) -> None:
-    """Client copies -> WireGuard. Never awaits per datagram."""
+) -> Handler:
+    """Client copies -> WireGuard, up to a batch per call, in the pump thread."""
     buf = bytearray(RECV_BYTES)
     view = memoryview(buf)
     buffers = [buf]
@@ -85,9 +92,11 @@ async def clients_loop(
     stats = core.stats
     strict = core.strict
     log = LogLimiter(logger, per_s=5.0)
-    local: bytes | None = None
-    while True:
-        now = time.monotonic()
+    monotonic = time.monotonic
+
+    def drain() -> None:
+        local: bytes | None = None
+        now = monotonic()
         for _ in range(BATCH):
             try:
                 if pktinfo:
@@ -96,6 +105,9 @@ async def clients_loop(
                     n, src = recvfrom(buf)
             except BlockingIOError:
                 break
+            except OSError:  # nothing known raises here; count it rather than stop the relay
+                stats.recv_errors += 1
+                continue
             kind = message_type(view, n) if strict else DATA
             if kind == JUNK:  # checked first: a flood of junk costs as little as possible
                 if n == 0:
@@ -124,12 +136,9 @@ async def clients_loop(
                 stats.wg_tx_dropped_full += 1
             except OSError:  # ECONNREFUSED: WireGuard is not listening (yet)
                 stats.wg_tx_errors += 1
-        else:
-            _log_core(core, log, now)
-            await trio.lowlevel.checkpoint()
-            continue
         _log_core(core, log, now)
-        await trio.lowlevel.wait_readable(listen)
+
+    return drain
 
 
 def _log_core(core: ServerCore, log: LogLimiter, now: float) -> None:
@@ -137,10 +146,11 @@ def _log_core(core: ServerCore, log: LogLimiter, now: float) -> None:
         log.info(now, line)
 
 
-async def wireguard_loop(
+def wireguard_handler(
     upstream: socket.socket, listen: socket.socket, core: ServerCore, pktinfo: bool
-) -> None:
-    """WireGuard's replies -> every client address alive. A send that would block is dropped
+) -> Handler:
+    """WireGuard's replies -> every client address alive, up to a batch per call, in the pump
+    thread. A send that would block is dropped
     and counted for that address; a send that fails drops the address (it comes back with its
     next datagram), without affecting the others."""
     buf = bytearray(RECV_BYTES)
@@ -154,8 +164,10 @@ async def wireguard_loop(
     strict = core.strict
     ancillary: dict[bytes, list[tuple[int, int, bytes]]] = {}
     failed: list[tuple[ClientAddress, int | None]] = []
-    while True:
-        cutoff = core.alive_cutoff(time.monotonic())
+    monotonic = time.monotonic
+
+    def drain() -> None:
+        cutoff = core.alive_cutoff(monotonic())
         for _ in range(BATCH):
             try:
                 n = recv(buf)
@@ -199,14 +211,15 @@ async def wireguard_loop(
                     if line:
                         logger.warning("%s", line)
                 failed.clear()
-        else:
-            await trio.lowlevel.checkpoint()
-            continue
-        await trio.lowlevel.wait_readable(upstream)
+
+    return drain
 
 
-async def expiry_loop(core: ServerCore) -> None:
-    while True:
-        await trio.sleep(EXPIRY_PERIOD_S)
+def expiry_handler(core: ServerCore) -> Callable[[], None]:
+    """Once a second, in the pump thread: forget silent client addresses."""
+
+    def expire() -> None:
         for line in core.expire(time.monotonic()):
             logger.info("%s", line)
+
+    return expire

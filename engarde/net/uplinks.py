@@ -5,9 +5,12 @@ says something changed (a wake-up on a channel of capacity 1, so bursts of netli
 coalesce), cancels the ones no longer wanted or whose plan changed (new address), and starts the
 missing ones. A link whose socket cannot be made, or whose socket fails, is retried with backoff.
 
-Each uplink task owns its socket: it registers it in the `Fanout` (the tuple the WireGuard-side
-loop sends every datagram through), runs the uplink receive loop (server -> WireGuard), and on
-the way out - cancelled or failed - removes it from the fan-out and closes it.
+Each uplink task owns its socket: it hands it to the pump (engarde.net.pump), which registers it
+in the `Fanout` (the tuple every datagram from WireGuard is copied through) and reads the server's
+replies from it (server -> WireGuard). On the way out - cancelled, or told by the pump that the
+socket failed - the task has the pump let go of the socket, then closes it.
+
+The two handlers at the bottom are the client's data path; they run in the pump thread.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import trio
 
 from engarde.core.client import ClientCore, UplinkPlan
 from engarde.core.stats import LinkStats
+from engarde.net.pump import Handler, Pump
 from engarde.net.sockets import (
     RECV_BYTES,
     SocketSetupError,
@@ -44,7 +48,7 @@ Target = tuple[Callable[[Any, Any], int], tuple[str, int], LinkStats]
 
 
 class Fanout:
-    """The uplinks every datagram from WireGuard is copied to. Written only by uplink tasks."""
+    """The uplinks every datagram from WireGuard is copied to. Used only in the pump thread."""
 
     def __init__(self) -> None:
         self._by_index: dict[int, Target] = {}
@@ -93,6 +97,7 @@ class _Retry:
 
 async def run_link_supervisor(
     core: ClientCore,
+    pump: Pump,
     fanout: Fanout,
     wg_sock: socket.socket,
     wakeups: trio.MemoryReceiveChannel[None],
@@ -103,6 +108,7 @@ async def run_link_supervisor(
     """Start, stop and retry uplink tasks so that they match `core.wanted()`. Runs forever."""
     running: dict[int, _Running] = {}
     retries: dict[int, _Retry] = {}
+    uplink = _Uplink(core, pump, fanout, wg_sock)
 
     async with trio.open_nursery() as nursery:
         task_status.started()
@@ -131,38 +137,42 @@ async def run_link_supervisor(
                 if index in running or (pending is not None and pending.at > now):
                     continue
                 link = running[index] = _Running(plan, trio.CancelScope(), now)
-                nursery.start_soon(_run_uplink_task, core, plan, fanout, wg_sock, link, poke)
+                nursery.start_soon(_run_uplink_task, uplink, plan, link, poke)
             next_retry = min((r.at for r in retries.values() if r.at > now), default=None)
             timeout = float("inf") if next_retry is None else next_retry - now
             with trio.move_on_after(timeout):
                 await wakeups.receive()
 
 
+@dataclass
+class _Uplink:
+    """What every uplink task needs besides its plan."""
+
+    core: ClientCore
+    pump: Pump
+    fanout: Fanout
+    wg_sock: socket.socket
+
+
 async def _run_uplink_task(
-    core: ClientCore,
-    plan: UplinkPlan,
-    fanout: Fanout,
-    wg_sock: socket.socket,
-    entry: _Running,
-    poke: Callable[[], None],
+    uplink: _Uplink, plan: UplinkPlan, entry: _Running, poke: Callable[[], None]
 ) -> None:
     try:
         with entry.scope:
-            await run_uplink(core, plan, fanout, wg_sock)
+            await run_uplink(uplink, plan)
     finally:
         if not entry.scope.cancel_called:
             entry.ended = True
             poke()
 
 
-async def run_uplink(
-    core: ClientCore, plan: UplinkPlan, fanout: Fanout, wg_sock: socket.socket
-) -> None:
+async def run_uplink(uplink: _Uplink, plan: UplinkPlan) -> None:
     """One uplink: make its socket, carry copies until cancelled or the socket fails.
 
     Returns (after logging a WARNING and telling the core) when the socket cannot be made or
     fails; the supervisor retries later. Cancellation is the normal way out.
     """
+    core, pump, fanout = uplink.core, uplink.pump, uplink.fanout
     try:
         dst = await resolve_udp(plan.dst, what=f"dstAddr for {plan.name}")
         sock = open_uplink_socket(plan.name, plan.source_ip, core.port_hint(plan))
@@ -173,37 +183,58 @@ async def run_uplink(
     stats = core.stats_for(plan.index)
     target: Target = (sock.sendto, dst, stats)
     port = sock.getsockname()[1]
+    token = trio.lowlevel.current_trio_token()
+    failure = trio.Event()
+    failed: list[OSError] = []
+
+    def detach() -> None:  # in the pump thread
+        pump.unregister(sock)
+        fanout.remove(plan.index, target)
+
+    def on_error(exc: OSError) -> None:  # in the pump thread, from the handler
+        detach()
+        failed.append(exc)
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(failure.set)
+
+    handler = uplink_handler(sock, dst, stats, core, uplink.wg_sock, on_error)
+
+    def attach() -> None:  # in the pump thread
+        pump.register(sock, handler)
+        fanout.add(plan.index, target)
+
     try:
         core.link_opened(plan, port, f"{dst[0]}:{dst[1]}", time.monotonic())
         logger.debug("%s: socket %s:%d -> %s:%d", plan.name, plan.source_ip, port, *dst)
-        fanout.add(plan.index, target)
-        await uplink_receive_loop(sock, dst, stats, core, wg_sock)
-    except OSError as exc:
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        await pump.call(attach)
+        await failure.wait()
+        error = failed[0]
+        name = errno.errorcode.get(error.errno or 0, str(error.errno))
         news = core.link_failed(plan.index, name, time.monotonic())
         logger.log(
             logging.WARNING if news else logging.DEBUG,
             "%s: uplink socket failed: %s; will retry",
             plan.name,
-            describe_os_error(exc),
+            describe_os_error(error),
         )
     finally:
-        fanout.remove(plan.index, target)
+        await pump.call(detach)  # shielded: the pump lets go of the socket before it closes
         sock.close()
         core.link_closed(plan.index, port)
 
 
-async def uplink_receive_loop(
+def uplink_handler(
     sock: socket.socket,
     server: tuple[str, int],
     stats: LinkStats,
     core: ClientCore,
     wg_sock: socket.socket,
-) -> None:
-    """Server -> WireGuard for one uplink. Never awaits per datagram.
+    on_error: Callable[[OSError], None],
+) -> Handler:
+    """Server -> WireGuard for one uplink: drains up to a batch per call, in the pump thread.
 
     Uplinks send from IPv4 addresses only, so a source is an (ip, port) pair comparable with
-    `server` as it is.
+    `server` as it is. A receive error other than "nothing more" ends the uplink: `on_error`.
     """
     buf = bytearray(RECV_BYTES)
     view = memoryview(buf)
@@ -211,14 +242,17 @@ async def uplink_receive_loop(
     send_to_wg = wg_sock.sendto
     relay = core.stats
     check_source = core.config.dropForeignSources
-    while True:
+    monotonic = time.monotonic
+
+    def drain() -> None:
         accepted = 0
-        drained = False
         for _ in range(BATCH):
             try:
                 n, src = recv(buf)
             except BlockingIOError:
-                drained = True
+                break
+            except OSError as exc:
+                on_error(exc)
                 break
             if check_source and src != server:
                 stats.rx_foreign += 1
@@ -242,26 +276,29 @@ async def uplink_receive_loop(
             except OSError:
                 relay.wg_tx_errors += 1
         if accepted:
-            stats.last_rx = time.monotonic()  # once per batch, not per datagram
-        if drained:
-            await trio.lowlevel.wait_readable(sock)
-        else:
-            await trio.lowlevel.checkpoint()  # a full batch: stay fair, more may be waiting
+            stats.last_rx = monotonic()  # once per batch, not per datagram
+
+    return drain
 
 
-async def wireguard_loop(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) -> None:
-    """WireGuard -> every uplink. A copy that cannot be queued at once is dropped and counted
-    for that link: a stalled link never delays the others."""
+def wireguard_handler(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) -> Handler:
+    """WireGuard -> every uplink, up to a batch per call, in the pump thread. A copy that cannot
+    be queued at once is dropped and counted for that link: a stalled link never delays the
+    others."""
     buf = bytearray(RECV_BYTES)
     view = memoryview(buf)
     recv = wg_sock.recvfrom_into
     relay = core.stats
-    while True:
+
+    def drain() -> None:
         for _ in range(BATCH):
             try:
                 n, src = recv(buf)
             except BlockingIOError:
-                break
+                return
+            except OSError:  # nothing known raises here; count it rather than stop the relay
+                relay.recv_errors += 1
+                continue
             if src != core.wg_peer:
                 logger.info("%s", core.on_wireguard_source(src))
             if n == 0:
@@ -284,7 +321,5 @@ async def wireguard_loop(wg_sock: socket.socket, core: ClientCore, fanout: Fanou
                 except OSError as exc:
                     stats.tx_errors += 1
                     stats.last_tx_errno = exc.errno
-        else:
-            await trio.lowlevel.checkpoint()
-            continue
-        await trio.lowlevel.wait_readable(wg_sock)
+
+    return drain
