@@ -29,6 +29,7 @@ and `drop` when a send to an address fails; it logs what `take_log` returns.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -264,6 +265,7 @@ def _insert_capped(
     table[entry.address] = entry
 
 
+@functools.lru_cache(maxsize=64)  # a server has few addresses; a flood logs one line per source
 def _ip(raw: bytes | None) -> str:
     """Raw 4/16 address bytes from IP_PKTINFO -> text; '' when unknown."""
     if raw is None:

@@ -242,6 +242,22 @@ def stop_gracefully(lab: Lab, proc: subprocess.Popen[Any], timeout_s: float = 8.
 # UDP tools (lab.udp_tools)
 
 
+def kernel_udp_counters(lab: Lab, ns: str) -> dict[str, int]:
+    """The namespace's UDP counters from /proc/net/snmp (RcvbufErrors: a socket was full)."""
+    lines = [ln.split() for ln in lab.run(ns, "cat", "/proc/net/snmp").stdout.splitlines()]
+    names, values = [ln for ln in lines if ln and ln[0] == "Udp:"][:2]
+    return {k: int(v) for k, v in zip(names[1:], values[1:], strict=True)}
+
+
+def counters_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What changed between two flat counter dicts (for failure messages)."""
+    return {
+        k: v - before.get(k, 0)
+        for k, v in after.items()
+        if isinstance(v, int) and v != before.get(k, 0)
+    }
+
+
 class Echo:
     """``udp_tools echo --dedup`` in the server namespace: WireGuard's anti-replay, in effect."""
 

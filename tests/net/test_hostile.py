@@ -26,7 +26,9 @@ from tests.net.helpers import (
     Engarde,
     Sender,
     UplinkCounters,
+    counters_delta,
     default_config,
+    kernel_udp_counters,
     server_saw,
     server_section,
     start_client,
@@ -330,6 +332,7 @@ def test_spoofed_junk_flood_does_not_touch_the_tunnel(lab: Lab) -> None:
         timeout_s=30,
     )
     before = api(lab, lab.server_ns, "/api/v2/status")
+    kernel_before = {ns: kernel_udp_counters(lab, ns) for ns in (lab.client_ns, lab.server_ns)}
     pinger = lab.start_ping(wg.server_ip, 700, 0.01, timeout_s=2.0)
     flood = lab.run(
         lab.server_ns,
@@ -341,7 +344,11 @@ def test_spoofed_junk_flood_does_not_touch_the_tunnel(lab: Lab) -> None:
     result = pinger.wait(60)
     after = api(lab, lab.server_ns, "/api/v2/status")
 
-    assert result.lost == [], str(result)
+    kernel = {
+        ns: counters_delta(kernel_before[ns], kernel_udp_counters(lab, ns)) for ns in kernel_before
+    }
+    relay = counters_delta(before["counters"], after["counters"])
+    assert result.lost == [], f"{result}; kernel UDP: {kernel}; server: {relay}"
     counters = after["counters"]
     assert sent["sources"] > 2000
     assert counters["junk_datagrams"] - before["counters"]["junk_datagrams"] >= sent["junk"]
