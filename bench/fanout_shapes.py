@@ -25,8 +25,8 @@ import trio
 
 from engarde.config import ClientConfig
 from engarde.core.client import ClientCore
-from engarde.net.pump import Pump, run_pump
-from engarde.net.uplinks import BATCH, Fanout, wireguard_handler
+from engarde.net.pump import BATCH, Pump, run_pump
+from engarde.net.uplinks import Fanout, wireguard_handler
 
 
 def _flood(port: int, size: int, stop_at: float) -> None:

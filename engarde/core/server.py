@@ -174,6 +174,10 @@ class ServerCore:
         self.stats.clients_dropped += 1
         return f"client {format_address(address)} dropped: send failed ({errno_name(err)})"
 
+    @property
+    def has_log(self) -> bool:
+        return bool(self._log)
+
     def take_log(self) -> list[str]:
         out, self._log = self._log, []
         return out
@@ -182,7 +186,10 @@ class ServerCore:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         cutoff = self.alive_cutoff(now)
-        entries = [*reversed(self.clients.values()), *reversed(self.pending.values())]
+        # The pump thread writes these tables while the dashboard asks: list() copies each in one
+        # C call (the GIL is not released inside it), then only the copies are iterated.
+        clients, pending = list(self.clients.values()), list(self.pending.values())
+        entries = [*reversed(clients), *reversed(pending)]
         sockets = [
             {
                 "address": format_address(e.address),

@@ -38,6 +38,39 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Handler = Callable[[], None]
 
+BATCH = 64  # at most this many datagrams per handler call: every socket gets its turn
+
+
+class Batch:
+    """How many datagrams a handler reads per call, adapted to the load.
+
+    Draining until EAGAIN costs a failed `recv` plus a raised BlockingIOError (~2 us from
+    Python, measured) per wake-up, which at moderate load is every datagram. epoll is
+    level-triggered, so reading less is safe: a socket with more waiting is reported again
+    (~1 us). So a quiet socket reads one datagram per call; one that had data every time for a
+    few calls in a row reads 2, 4, ... up to BATCH; seeing EAGAIN starts over at one.
+    """
+
+    __slots__ = ("_streak", "limit")
+
+    def __init__(self) -> None:
+        self.limit = 1
+        self._streak = 0
+
+    def drained(self) -> None:
+        """The handler saw EAGAIN: the socket is empty."""
+        self.limit = 1
+        self._streak = 0
+
+    def filled(self) -> None:
+        """The handler read `limit` datagrams without seeing EAGAIN."""
+        if self.limit > 1:
+            self.limit = min(BATCH, self.limit * 2)
+        else:
+            self._streak += 1
+            if self._streak >= 4:
+                self.limit = 2
+
 
 class Pump:
     def __init__(self) -> None:
@@ -50,6 +83,7 @@ class Pump:
         self._running = False
         self._stopping = False
         self._timers: list[list[Any]] = []  # [due, period, fn]
+        self._next_due = float("inf")
 
     # ---- any thread ------------------------------------------------------------------------
 
@@ -116,7 +150,9 @@ class Pump:
 
     def every(self, period_s: float, fn: Callable[[], None]) -> None:
         """Run `fn` in the pump thread every `period_s` seconds."""
-        self._timers.append([time.monotonic() + period_s, period_s, fn])
+        due = time.monotonic() + period_s
+        self._timers.append([due, period_s, fn])
+        self._next_due = min(self._next_due, due)
 
     def run(self) -> None:
         """The pump thread's body: until `stop()`. An exception in a handler ends it."""
@@ -141,11 +177,14 @@ class Pump:
         handlers = self._handlers
         wake = self._wake
         calls = self._calls
-        timers = self._timers
+        monotonic = time.monotonic
+        timeout = -1.0
         while not self._stopping:
-            timeout = -1.0
-            if timers:
-                timeout = max(0.0, min(t[0] for t in timers) - time.monotonic())
+            if self._timers:
+                now = monotonic()
+                if now >= self._next_due:
+                    self._run_timers(now)
+                timeout = self._next_due - now
             for fd, _events in poll(timeout):
                 handler = handlers.get(fd)
                 if handler is not None:
@@ -155,12 +194,13 @@ class Pump:
                         os.eventfd_read(wake)
                     while calls:
                         calls.popleft()()
-            if timers:
-                now = time.monotonic()
-                for timer in timers:
-                    if timer[0] <= now:
-                        timer[0] = now + timer[1]
-                        timer[2]()
+
+    def _run_timers(self, now: float) -> None:
+        for timer in self._timers:
+            if timer[0] <= now:
+                timer[0] = now + timer[1]
+                timer[2]()
+        self._next_due = min(t[0] for t in self._timers)
 
 
 async def run_pump(

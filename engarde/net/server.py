@@ -26,7 +26,7 @@ import trio
 from engarde.config import ServerConfig, parse_host_port
 from engarde.core.server import ClientAddress, ServerCore
 from engarde.core.wireguard import DATA, JUNK, message_type
-from engarde.net.pump import Handler, Pump, run_pump
+from engarde.net.pump import Batch, Handler, Pump, run_pump
 from engarde.net.ratelimit import LogLimiter
 from engarde.net.sockets import (
     PKTINFO_ANC_BYTES,
@@ -41,7 +41,6 @@ from engarde.net.sockets import (
 
 logger = logging.getLogger(__name__)
 
-BATCH = 64
 EXPIRY_PERIOD_S = 1.0
 
 
@@ -94,16 +93,19 @@ def clients_handler(
     log = LogLimiter(logger, per_s=5.0)
     monotonic = time.monotonic
 
+    batch = Batch()
+
     def drain() -> None:
         local: bytes | None = None
         now = monotonic()
-        for _ in range(BATCH):
+        for _ in range(batch.limit):
             try:
                 if pktinfo:
                     n, anc, _flags, src = recvmsg(buffers, PKTINFO_ANC_BYTES)
                 else:
                     n, src = recvfrom(buf)
             except BlockingIOError:
+                batch.drained()
                 break
             except OSError:  # nothing known raises here; count it rather than stop the relay
                 stats.recv_errors += 1
@@ -136,7 +138,10 @@ def clients_handler(
                 stats.wg_tx_dropped_full += 1
             except OSError:  # ECONNREFUSED: WireGuard is not listening (yet)
                 stats.wg_tx_errors += 1
-        _log_core(core, log, now)
+        else:
+            batch.filled()
+        if core.has_log:
+            _log_core(core, log, now)
 
     return drain
 
@@ -166,12 +171,15 @@ def wireguard_handler(
     failed: list[tuple[ClientAddress, int | None]] = []
     monotonic = time.monotonic
 
+    batch = Batch()
+
     def drain() -> None:
         cutoff = core.alive_cutoff(monotonic())
-        for _ in range(BATCH):
+        for _ in range(batch.limit):
             try:
                 n = recv(buf)
             except BlockingIOError:
+                batch.drained()
                 break
             except OSError:  # ECONNREFUSED from an earlier send while WireGuard was down
                 stats.recv_errors += 1
@@ -211,6 +219,8 @@ def wireguard_handler(
                     if line:
                         logger.warning("%s", line)
                 failed.clear()
+        else:
+            batch.filled()
 
     return drain
 

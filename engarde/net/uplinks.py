@@ -28,7 +28,7 @@ import trio
 
 from engarde.core.client import ClientCore, UplinkPlan
 from engarde.core.stats import LinkStats
-from engarde.net.pump import Handler, Pump
+from engarde.net.pump import Batch, Handler, Pump
 from engarde.net.sockets import (
     RECV_BYTES,
     SocketSetupError,
@@ -39,7 +39,6 @@ from engarde.net.sockets import (
 
 logger = logging.getLogger(__name__)
 
-BATCH = 64
 RETRY_FIRST_S = 0.05  # then doubling: 0.1, 0.2, ... up to RETRY_MAX_S
 RETRY_MAX_S = 10.0
 
@@ -244,12 +243,15 @@ def uplink_handler(
     check_source = core.config.dropForeignSources
     monotonic = time.monotonic
 
+    batch = Batch()
+
     def drain() -> None:
         accepted = 0
-        for _ in range(BATCH):
+        for _ in range(batch.limit):
             try:
                 n, src = recv(buf)
             except BlockingIOError:
+                batch.drained()
                 break
             except OSError as exc:
                 on_error(exc)
@@ -275,6 +277,8 @@ def uplink_handler(
                 stats.rx_dropped_full += 1
             except OSError:
                 relay.wg_tx_errors += 1
+        else:
+            batch.filled()
         if accepted:
             stats.last_rx = monotonic()  # once per batch, not per datagram
 
@@ -290,11 +294,14 @@ def wireguard_handler(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) 
     recv = wg_sock.recvfrom_into
     relay = core.stats
 
+    batch = Batch()
+
     def drain() -> None:
-        for _ in range(BATCH):
+        for _ in range(batch.limit):
             try:
                 n, src = recv(buf)
             except BlockingIOError:
+                batch.drained()
                 return
             except OSError:  # nothing known raises here; count it rather than stop the relay
                 relay.recv_errors += 1
@@ -321,5 +328,6 @@ def wireguard_handler(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) 
                 except OSError as exc:
                     stats.tx_errors += 1
                     stats.last_tx_errno = exc.errno
+        batch.filled()
 
     return drain

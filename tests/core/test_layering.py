@@ -50,7 +50,7 @@ def test_hot_handlers_are_plain_functions_that_drain_a_batch() -> None:
                 defs = (ast.FunctionDef, ast.AsyncFunctionDef)
                 inner = [n for n in fn.body if isinstance(n, defs)]
                 drains = [n for n in inner if any(
-                    isinstance(f, ast.For) and "BATCH" in ast.unparse(f.iter) for f in ast.walk(n)
+                    isinstance(f, ast.For) and "batch" in ast.unparse(f.iter) for f in ast.walk(n)
                 )]  # fmt: skip
                 if not drains:
                     continue
