@@ -6,7 +6,9 @@ Each iteration sends one datagram to a UDP socket of our own and receives it, th
 - ``checkpoint``: the same plus ``await trio.lowlevel.checkpoint()`` (one scheduler pass);
 - ``wait``:       the same plus ``await trio.lowlevel.wait_readable(sock)`` before the receive
                   (what a relay loop pays each time it finds its socket drained: epoll
-                  registration, a scheduler pass with epoll_wait, unregistration).
+                  registration, a scheduler pass with epoll_wait, unregistration);
+- ``epoll``:      the same plus ``epoll.poll()`` on an epoll where the socket stays registered
+                  (what engarde's pump pays per readiness report, engarde/net/pump.py).
 
 The differences to ``plain`` are the cost of a checkpoint and of a wait_readable when the
 socket is already readable (the cheapest case: no sleep, no other task). Not part of
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
 import socket
 import statistics
 import time
@@ -42,6 +45,15 @@ async def _loop(kind: str, n: int) -> float:
             sendto(payload, dst)
             await trio.lowlevel.checkpoint()
             recv(buf)
+    elif kind == "epoll":
+        epoll = select.epoll()
+        epoll.register(sock.fileno(), select.EPOLLIN)
+        poll = epoll.poll
+        for _ in range(n):
+            sendto(payload, dst)
+            poll()
+            recv(buf)
+        epoll.close()
     else:
         for _ in range(n):
             sendto(payload, dst)
@@ -58,12 +70,15 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
     results: dict[str, float] = {}
-    for kind in ("plain", "checkpoint", "wait"):
+    for kind in ("plain", "checkpoint", "wait", "epoll"):
         per = [trio.run(_loop, kind, args.n) for _ in range(args.runs)]
         results[kind] = statistics.median(per)
         print(f"{kind:10} {results[kind]:6.2f} us per iteration (median of {args.runs})")
-    extra = {k: round(results[k] - results["plain"], 2) for k in ("checkpoint", "wait")}
-    print(f"added per checkpoint {extra['checkpoint']} us, per wait_readable {extra['wait']} us")
+    extra = {k: round(results[k] - results["plain"], 2) for k in ("checkpoint", "wait", "epoll")}
+    print(
+        f"added per checkpoint {extra['checkpoint']} us, per wait_readable {extra['wait']} us, "
+        f"per epoll.poll {extra['epoll']} us"
+    )
     print(json.dumps({"us_per_iteration": results, "added_us": extra}))
 
 
