@@ -98,7 +98,8 @@ class Pump:
 
     def stop(self) -> None:
         self._stopping = True
-        os.eventfd_write(self._wake, 1)
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)
 
     # ---- trio side ---------------------------------------------------------------------------
 
@@ -140,8 +141,8 @@ class Pump:
     def register(self, sock: socket.socket, handler: Handler) -> None:
         """`handler()` runs whenever `sock` is readable; it must not block."""
         fd = sock.fileno()
-        self._handlers[fd] = handler
         self._epoll.register(fd, select.EPOLLIN)
+        self._handlers[fd] = handler
 
     def unregister(self, sock: socket.socket) -> None:
         fd = sock.fileno()
@@ -154,23 +155,41 @@ class Pump:
         self._timers.append([due, period_s, fn])
         self._next_due = min(self._next_due, due)
 
-    def run(self) -> None:
-        """The pump thread's body: until `stop()`. An exception in a handler ends it."""
+    def start(self) -> None:
+        """From now on `call` queues for the pump thread (which `run` is about to become)."""
         with self._lock:
             self._running = True
+
+    def run(self) -> None:
+        """The pump thread's body: until `stop()`. An exception in a handler ends it."""
+        self.start()
         try:
             self._loop()
         finally:
+            self._run_leftovers()
+
+    def _run_leftovers(self) -> None:
+        """Calls queued before we stopped: their callers wait for them. `_running` turns false
+        only with the queue empty, so no call is stranded between the two."""
+        while True:
             with self._lock:
-                self._running = False
+                if not self._calls:
+                    self._running = False
+                    return
                 leftover = list(self._calls)
                 self._calls.clear()
-            for fn in leftover:  # queued before we stopped: their callers wait for them
-                fn()
+            for fn in leftover:
+                try:
+                    fn()
+                except Exception:
+                    logger.exception("error in a call run while the pump stopped")
 
     def close(self) -> None:
+        if self._wake < 0:
+            return
         self._epoll.close()
         os.close(self._wake)
+        self._wake = -1
 
     def _loop(self) -> None:
         poll = self._epoll.poll
@@ -218,8 +237,10 @@ async def run_pump(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_when_cancelled)
+            pump.start()  # calls made from here on queue for the thread, none runs inline
             task_status.started()
             await trio.to_thread.run_sync(pump.run)
             nursery.cancel_scope.cancel()
     finally:
+        pump._run_leftovers()  # no-op if the thread ran; if it never started, nobody waits forever
         pump.close()

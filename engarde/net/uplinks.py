@@ -217,9 +217,11 @@ async def run_uplink(uplink: _Uplink, plan: UplinkPlan) -> None:
             describe_os_error(error),
         )
     finally:
-        await pump.call(detach)  # shielded: the pump lets go of the socket before it closes
-        sock.close()
-        core.link_closed(plan.index, port)
+        try:
+            await pump.call(detach)  # shielded: the pump lets go of the socket before it closes
+        finally:
+            sock.close()
+            core.link_closed(plan.index, port)
 
 
 def uplink_handler(
