@@ -75,7 +75,8 @@ async def _serve(role: str, config: Any) -> None:
             await nursery.start(runner, config)
             # Everything loaded so far (quart, pydantic, hypercorn: ~70k objects) lives as long
             # as the process. Freezing it keeps the cyclic GC from rescanning it: a full
-            # collection over it stalls every relay loop for ~50 ms on this kind of machine.
+            # collection over it holds the GIL for ~50 ms on this kind of machine, and the pump
+            # thread (the relay) waits for the GIL meanwhile.
             gc.collect()
             gc.freeze()
             async for signum in signals:

@@ -1,4 +1,4 @@
-"""Counters the data path bumps. Plain attributes: the hot loops touch them directly.
+"""Counters the data path bumps. Plain attributes: the pump's handlers touch them directly.
 
 Every drop has a named counter, so the dashboard and /metrics can say why a datagram did not go
 where it was meant to. Times are monotonic seconds as passed in by the shells.

@@ -1,1 +1,1 @@
-"""trio shells: sockets, the netlink watcher, the link supervisor, the relay loops."""
+"""trio shells: sockets, the netlink watcher, the link supervisor, the pump and its handlers."""

@@ -1,8 +1,8 @@
 """Making the sockets engarde relays through, with OS errors turned into messages people can act on.
 
-All sockets here are plain stdlib sockets in non-blocking mode: the relay loops call
-recvfrom_into/sendto directly and only await (trio.lowlevel.wait_readable) when the kernel has
-nothing more for them.
+All sockets here are plain stdlib sockets in non-blocking mode: the pump's handlers
+(engarde.net.pump) call recvfrom_into/sendto directly, and the pump waits in epoll_wait when the
+kernel has nothing more for them.
 """
 
 from __future__ import annotations

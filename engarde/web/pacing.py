@@ -1,12 +1,12 @@
 """Request pacing: a script polling the API in a tight loop must not slow the relay.
 
-Every HTTP request costs the process about a millisecond of CPU that the relay loops share (they
-run in the same trio thread). The page itself needs one request per load plus one event stream,
-and scripts or the LuCI app poll every few seconds, so the dashboard admits requests at a steady
-rate with a burst allowance (a generic cell rate algorithm) and *delays* the excess instead of
-answering it at once: a client hammering back to back is slowed to the allowed rate without
-costing more CPU. A request that would have to wait longer than `max_wait_s` is refused with 429.
-Waiting requests also slow down password guessing.
+Every HTTP request costs the process about a millisecond of CPU that the relay shares (the pump
+thread and the trio thread take turns on the GIL). The page itself needs one request per load
+plus one event stream, and scripts or the LuCI app poll every few seconds, so the dashboard
+admits requests at a steady rate with a burst allowance (a generic cell rate algorithm) and
+*delays* the excess instead of answering it at once: a client hammering back to back is slowed to
+the allowed rate without costing more CPU. A request that would have to wait longer than
+`max_wait_s` is refused with 429. Waiting requests also slow down password guessing.
 """
 
 from __future__ import annotations
