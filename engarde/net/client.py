@@ -21,6 +21,7 @@ from engarde.config import ClientConfig
 from engarde.core.client import ClientCore
 from engarde.net.netlink import run_netlink_watcher
 from engarde.net.pump import Pump, run_pump
+from engarde.net.ready import start_dashboard_and_report
 from engarde.net.sockets import open_listen_socket
 from engarde.net.uplinks import Fanout, run_link_supervisor, wake_channel, wireguard_handler
 
@@ -44,14 +45,12 @@ async def run_client(
             await nursery.start(run_pump, pump)
             await nursery.start(run_netlink_watcher, core)
             await nursery.start(run_link_supervisor, core, pump, fanout, wg_sock, wakeups, poke)
-            if config.webManager is not None:
-                from engarde.web.serve import run_dashboard
-
-                await nursery.start(run_dashboard, core, config.webManager)
-            logger.info(
-                "client listening on %s for WireGuard, relaying to %s%s",
-                config.listenAddr,
-                config.dstAddr,
-                f" ({config.description})" if config.description else "",
+            await start_dashboard_and_report(
+                nursery,
+                core,
+                config,
+                logger,
+                f"client listening on {config.listenAddr} for WireGuard, "
+                f"relaying to {config.dstAddr}",
+                task_status,
             )
-            task_status.started(core)

@@ -28,6 +28,7 @@ from engarde.core.server import ClientAddress, ServerCore
 from engarde.core.wireguard import DATA, JUNK, message_type
 from engarde.net.pump import Batch, Handler, Pump, run_pump
 from engarde.net.ratelimit import LogLimiter
+from engarde.net.ready import start_dashboard_and_report
 from engarde.net.sockets import (
     PKTINFO_ANC_BYTES,
     RECV_BYTES,
@@ -64,17 +65,15 @@ async def run_server(
             pump.every(EXPIRY_PERIOD_S, expiry_handler(core))
             async with trio.open_nursery() as nursery:
                 await nursery.start(run_pump, pump)
-                if config.webManager is not None:
-                    from engarde.web.serve import run_dashboard
-
-                    await nursery.start(run_dashboard, core, config.webManager)
-                logger.info(
-                    "server listening on %s, relaying to WireGuard at %s%s",
-                    config.listenAddr,
-                    config.dstAddr,
-                    f" ({config.description})" if config.description else "",
+                await start_dashboard_and_report(
+                    nursery,
+                    core,
+                    config,
+                    logger,
+                    f"server listening on {config.listenAddr}, "
+                    f"relaying to WireGuard at {config.dstAddr}",
+                    task_status,
                 )
-                task_status.started(core)
 
 
 def clients_handler(

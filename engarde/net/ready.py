@@ -1,0 +1,29 @@
+"""The end of both roles' start-up: the dashboard if configured, then the "listening" line."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from engarde.config import ClientConfig, ServerConfig
+
+
+async def start_dashboard_and_report(
+    nursery: trio.Nursery,
+    core: Any,
+    config: ClientConfig | ServerConfig,
+    log: logging.Logger,
+    listening: str,
+    task_status: trio.TaskStatus[Any],
+) -> None:
+    """Start the dashboard (webManager) and only then log `listening` and report started, so
+    that the line is true when it appears and a dashboard error surfaces before it."""
+    if config.webManager is not None:
+        from engarde.web.serve import run_dashboard
+
+        await nursery.start(run_dashboard, core, config.webManager)
+    description = f" ({config.description})" if config.description else ""
+    log.info("%s%s", listening, description)
+    task_status.started(core)
