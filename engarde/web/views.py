@@ -46,28 +46,31 @@ def client_get_list(snapshot: JSON, version: str) -> JSON:
         # The original reports `last` only for a running uplink socket that received something.
         item["last"] = int(age) if status == "active" and age is not None else None
         interfaces.append(item)
-    return {
-        "type": "client",
-        "version": version,
-        "description": snapshot["description"],
-        "listenAddress": snapshot["listenAddress"],
-        "interfaces": interfaces,
-    }
+    return {**_identity(snapshot, version, dst=False), "interfaces": interfaces}
 
 
 def server_get_list(snapshot: JSON, version: str) -> JSON:
     """``GET /api/v1/get-list`` for the server role, the original's fields only."""
     return {
-        "type": "server",
-        "version": version,
-        "description": snapshot["description"],
-        "listenAddress": snapshot["listenAddress"],
-        "dstAddress": snapshot["dstAddress"],
+        **_identity(snapshot, version),
         "sockets": [
             {"address": s["address"], "last": int(s["lastReceivedAge"])}
             for s in snapshot["sockets"]
         ],
     }
+
+
+def _identity(snapshot: JSON, version: str, *, dst: bool = True) -> JSON:
+    """The fields every answer starts with (v1 client's get-list has no dstAddress)."""
+    head: JSON = {
+        "type": snapshot["type"],
+        "version": version,
+        "description": snapshot["description"],
+        "listenAddress": snapshot["listenAddress"],
+    }
+    if dst:
+        head["dstAddress"] = snapshot["dstAddress"]
+    return head
 
 
 def effectively_excluded(link: JSON) -> bool:
@@ -115,11 +118,7 @@ def client_status(snapshot: JSON, version: str, rates: Rates | None = None) -> J
     _mark_quiet(links)
     counters = dict(snapshot["counters"])
     return {
-        "type": "client",
-        "version": version,
-        "description": snapshot["description"],
-        "listenAddress": snapshot["listenAddress"],
-        "dstAddress": snapshot["dstAddress"],
+        **_identity(snapshot, version),
         "wireguardPeer": snapshot["wireguardPeer"],
         "uptime": round(snapshot["uptime"], 3),
         "activeLinks": sum(1 for link in links if link["status"] == "active"),
@@ -197,11 +196,7 @@ def server_status(snapshot: JSON, version: str, rates: Rates | None = None) -> J
     rates = rates or {}
     clients = [_server_client(s, rates) for s in snapshot["sockets"]]
     return {
-        "type": "server",
-        "version": version,
-        "description": snapshot["description"],
-        "listenAddress": snapshot["listenAddress"],
-        "dstAddress": snapshot["dstAddress"],
+        **_identity(snapshot, version),
         "upstreamAddress": snapshot.get("upstreamAddress", ""),
         "clientTimeout": snapshot["clientTimeout"],
         "maxClients": snapshot["maxClients"],
