@@ -19,9 +19,10 @@ CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra"]
 
 # binary name -> (sources, extra link flags)
 PROGRAMS: dict[str, tuple[list[str], list[str]]] = {
-    "udpgen": (["udpgen.c"], ["-lm"]),
-    "relay": (["relay.c"], []),
+    "udpgen": (["udpgen.c", "addr.c"], ["-lm"]),
+    "relay": (["relay.c", "addr.c"], []),
 }
+HEADERS = ["addr.h"]  # a change to one rebuilds every program
 
 
 class BuildError(RuntimeError):
@@ -37,7 +38,7 @@ class Tools:
 def _build_one(name: str, sources: list[str], ldflags: list[str], force: bool) -> Path:
     out = BUILD_DIR / name
     srcs = [SOURCE_DIR / s for s in sources]
-    newest = max(s.stat().st_mtime for s in srcs)
+    newest = max(s.stat().st_mtime for s in [*srcs, *(SOURCE_DIR / h for h in HEADERS)])
     if not force and out.exists() and out.stat().st_mtime >= newest:
         return out
     gcc = shutil.which("gcc")

@@ -393,6 +393,43 @@ def scenario_throughput(ctx: Context, nominal: int) -> ScenarioResult:
 # CPU at a steady rate
 
 
+@dataclass
+class SteadyLoad:
+    sent_info: dict[str, Any]  # the sender's report
+    got: dict[str, Any]  # the sink's report
+    before: Any  # read() just before the sender started
+    after: Any  # read() DRAIN_S after it stopped
+    sent: int
+    lost: int
+
+
+def steady_load(ctx: Context, lab: Lab, path: RelayPath, seconds: float, timeout_s: float,
+                read: Callable[[], Any]) -> SteadyLoad:
+    """The steady rate and size (Settings) through `path` into a sink for `seconds`, with
+    `read()` (the relays' CPU, their RSS) taken around it."""
+    s = ctx.settings
+    udpgen = ctx.tools.udpgen
+    rid = random.randrange(1, 2**31)
+    sink = Tool(lab, lab.server_ns, [udpgen, "sink", "--bind", path.sink_bind, "--rid",
+                                     str(rid)], "sink")
+    try:
+        sink.wait_ready("udpgen: ready")
+        before = read()
+        sent_info = run_tool(lab, lab.client_ns, [
+            udpgen, "send", "--to", path.send_to, "--rate", str(s.steady_rate), "--size",
+            str(wg_size(s.steady_size)), "--duration", str(seconds), "--rid", str(rid)],
+            "sender", timeout_s=timeout_s)
+        time.sleep(DRAIN_S)
+        after = read()
+        got = sink.finish()
+    except BaseException:
+        sink.kill()
+        raise
+    path.check_alive()
+    sent = int(sent_info["sent"])
+    return SteadyLoad(sent_info, got, before, after, sent, sent - int(got["unique"]))
+
+
 def scenario_cpu_steady(ctx: Context) -> ScenarioResult:
     s = ctx.settings
     name = "cpu-10k"
@@ -400,26 +437,9 @@ def scenario_cpu_steady(ctx: Context) -> ScenarioResult:
 
     def measure(lab: Lab, path: RelayPath, variant: Variant, rep: int) -> dict[str, Any]:
         ctx.log(f"{name} repetition {rep + 1}/{s.reps}: {path.label} at {s.steady_rate}/s")
-        udpgen = ctx.tools.udpgen
-        rid = random.randrange(1, 2**31)
-        sink = Tool(lab, lab.server_ns, [udpgen, "sink", "--bind", path.sink_bind, "--rid",
-                                         str(rid)], "sink")
-        try:
-            sink.wait_ready("udpgen: ready")
-            cpu0 = path.cpu()
-            sent_info = run_tool(lab, lab.client_ns, [
-                udpgen, "send", "--to", path.send_to, "--rate", str(s.steady_rate), "--size",
-                str(wg_size(s.steady_size)), "--duration", str(s.steady_s), "--rid", str(rid)],
-                "sender", timeout_s=s.steady_s + 30)
-            time.sleep(DRAIN_S)
-            cpu1 = path.cpu()
-            got = sink.finish()
-        except BaseException:
-            sink.kill()
-            raise
-        path.check_alive()
-        sent = int(sent_info["sent"])
-        lost = sent - int(got["unique"])
+        load = steady_load(ctx, lab, path, s.steady_s, s.steady_s + 30, path.cpu)
+        sent_info, got, cpu0, cpu1 = load.sent_info, load.got, load.before, load.after
+        sent, lost = load.sent, load.lost
         per, per_stat = cpu_per_dgram(cpu0, cpu1, sent)
         ctx.log(f"  CPU us/dgram {', '.join(f'{k} {v:.1f}' for k, v in per.items() if v)} "
                 f"(utime+stime: {', '.join(f'{k} {v:.1f}' for k, v in per_stat.items() if v)}); "
@@ -517,27 +537,9 @@ def scenario_memory(ctx: Context) -> ScenarioResult:
     variants = [Variant("crelay", 3), Variant("engarde", 3)]
 
     def measure(lab: Lab, path: RelayPath, variant: Variant, rep: int) -> dict[str, Any]:
-        udpgen = ctx.tools.udpgen
-        start_rss = path.rss()
-        rid = random.randrange(1, 2**31)
-        sink = Tool(lab, lab.server_ns, [udpgen, "sink", "--bind", path.sink_bind, "--rid",
-                                         str(rid)], "sink")
-        try:
-            sink.wait_ready("udpgen: ready")
-            ctx.log(f"{name}: {path.label} at {s.steady_rate}/s for {s.memory_s:.0f} s")
-            sent_info = run_tool(lab, lab.client_ns, [
-                udpgen, "send", "--to", path.send_to, "--rate", str(s.steady_rate), "--size",
-                str(wg_size(s.steady_size)), "--duration", str(s.memory_s), "--rid", str(rid)],
-                "sender", timeout_s=s.memory_s + 60)
-            time.sleep(DRAIN_S)
-            load_rss = path.rss()
-            got = sink.finish()
-        except BaseException:
-            sink.kill()
-            raise
-        path.check_alive()
-        sent = int(sent_info["sent"])
-        lost = sent - int(got["unique"])
+        ctx.log(f"{name}: {path.label} at {s.steady_rate}/s for {s.memory_s:.0f} s")
+        load = steady_load(ctx, lab, path, s.memory_s, s.memory_s + 60, path.rss)
+        start_rss, load_rss, sent, lost = load.before, load.after, load.sent, load.lost
         result = {"rss_kib_start": start_rss, "rss_kib_load": load_rss, "sent": sent,
                   "lost": lost}
         if lost > s.loss_max * sent:

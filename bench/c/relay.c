@@ -21,6 +21,8 @@
  * getrusage CPU time on stdout when it gets SIGTERM or SIGINT.
  */
 #define _GNU_SOURCE
+#include "addr.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <net/if.h>
@@ -57,19 +59,6 @@ static void usage(void) {
     fprintf(stderr, "usage: relay client --listen H:P --uplink IF,SRC,DST_H:P [--uplink ...]\n"
                     "       relay server --listen H:P --dst H:P [--client-timeout S]\n");
     exit(2);
-}
-
-static int parse_addr(const char *s, struct sockaddr_in *out) {
-    char host[64];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof host) return -1;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = 0;
-    memset(out, 0, sizeof *out);
-    out->sin_family = AF_INET;
-    out->sin_port = htons((uint16_t)atoi(colon + 1));
-    if (!host[0]) return 0;
-    return inet_pton(AF_INET, host, &out->sin_addr) == 1 ? 0 : -1;
 }
 
 static double mono_s(void) {

@@ -25,6 +25,8 @@
  * "udpgen: ready" on stderr once their socket is bound.
  */
 #define _GNU_SOURCE
+#include "addr.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
@@ -107,22 +109,6 @@ static void fill_header(unsigned char *p, uint32_t rid, uint64_t seq, uint64_t t
     p[7] = (unsigned char)(rid >> 24);
     put_u64(p + 8, seq);
     put_u64(p + 16, ts);
-}
-
-static int parse_addr(const char *s, struct sockaddr_in *out) {
-    char host[64];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof host) return -1;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = 0;
-    memset(out, 0, sizeof *out);
-    out->sin_family = AF_INET;
-    out->sin_port = htons((uint16_t)atoi(colon + 1));
-    if (host[0] == 0) {
-        out->sin_addr.s_addr = htonl(INADDR_ANY);
-        return 0;
-    }
-    return inet_pton(AF_INET, host, &out->sin_addr) == 1 ? 0 : -1;
 }
 
 /* ---- log-linear histogram of nanosecond values (relative error < 0.4 %) ---- */
