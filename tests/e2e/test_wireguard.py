@@ -15,13 +15,13 @@ from __future__ import annotations
 from lab import Lab, ping
 from tests.net.helpers import (
     CLIENT_LISTEN,
-    SERVER_PORT,
     UplinkCounters,
     server_section,
     start_client,
     start_server,
     wait_for_socket,
     wait_until,
+    wireguard_client_section,
     write_config,
 )
 
@@ -34,12 +34,7 @@ ALL = (0, 1, 2)
 def test_wireguard_loses_no_ping_while_uplinks_are_cut_and_restored(lab: Lab) -> None:
     config = write_config(
         lab,
-        client={
-            "listenAddr": CLIENT_LISTEN,
-            "dstAddr": f"{lab.service_addr}:{SERVER_PORT}",
-            # The WireGuard interfaces are eg<pid>w<n>c / ...s: never an uplink (a loop).
-            "excludedInterfaces": ["eg*w*"],
-        },
+        client=wireguard_client_section(lab),
         server=server_section(f"127.0.0.1:{WG_SERVER_PORT}", wireguard_only=True),
     )
     counters = UplinkCounters(lab)

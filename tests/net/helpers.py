@@ -158,6 +158,16 @@ def server_section(dst: str = ECHO_ADDR, *, wireguard_only: bool = False) -> dic
     return section
 
 
+def wireguard_client_section(lab: Lab) -> dict[str, Any]:
+    """The client section for a lab with wireguard-go (lab.start_wireguard) behind it."""
+    return {
+        "listenAddr": CLIENT_LISTEN,
+        "dstAddr": f"{lab.service_addr}:{SERVER_PORT}",
+        # The WireGuard interfaces are eg<pid>w<n>c / ...s: never an uplink (a loop).
+        "excludedInterfaces": ["eg*w*"],
+    }
+
+
 def default_config(lab: Lab, **client_extra: Any) -> Path:
     """Client relaying to the service address, server forwarding to the dedup echo."""
     return write_config(

@@ -35,6 +35,7 @@ from tests.net.helpers import (
     start_server,
     stop_gracefully,
     wait_until,
+    wireguard_client_section,
     write_config,
 )
 
@@ -312,11 +313,7 @@ def test_silent_link_is_reported_and_delays_nothing(lab: Lab) -> None:
 def test_spoofed_junk_flood_does_not_touch_the_tunnel(lab: Lab) -> None:
     config = write_config(
         lab,
-        client={
-            "listenAddr": CLIENT_LISTEN,
-            "dstAddr": f"{lab.service_addr}:{SERVER_PORT}",
-            "excludedInterfaces": ["eg*w*"],
-        },
+        client=wireguard_client_section(lab),
         server={
             **server_section("127.0.0.1:59301", wireguard_only=True),
             "maxClients": 64,

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from tests.net.helpers import (
     CLIENT_LISTEN,
     SERVER_PORT,
     Capture,
+    Datagram,
     Echo,
     Engarde,
     Sender,
@@ -75,12 +77,8 @@ def test_every_datagram_crosses_every_uplink_both_ways(
 ) -> None:
     require_tool("tcpdump")
     echo, _server, _client = relay
-    captures = [Capture(lab, lab.server_ns, f"sv{i}", f"udp port {SERVER_PORT}") for i in ALL]
     count = 300
-
-    report = Sender(lab, count, 2).wait()
-    captured = [capture.stop() for capture in captures]
-    stats = echo.stop()
+    report, captured, stats = send_captured(lab, echo, count)
 
     assert report["lost"] == [], report
     assert report["foreign"] == 0, report
@@ -241,12 +239,8 @@ def test_dst_overrides_send_each_uplink_to_its_own_destination(lab: Lab) -> None
     server = start_server(lab, config)
     client = start_client(lab, config, ALL)
     warm_up(lab)
-    captures = [Capture(lab, lab.server_ns, f"sv{i}", f"udp port {SERVER_PORT}") for i in ALL]
     count = 200
-
-    report = Sender(lab, count, 2).wait()
-    captured = [capture.stop() for capture in captures]
-    stats = echo.stop()
+    report, captured, stats = send_captured(lab, echo, count)
 
     assert report["lost"] == [], report
     assert stats["received"] == 3 * (count + WARMUP), stats
@@ -417,3 +411,14 @@ def test_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     ):
         assert line.startswith(f"{config}: {key}: "), line
     assert "Traceback" not in proc.stderr
+
+
+def send_captured(
+    lab: Lab, echo: Echo, count: int
+) -> tuple[dict[str, Any], list[list[Datagram]], dict[str, Any]]:
+    """Send `count` datagrams (2 ms apart) while capturing what arrives on every server-side
+    veth; the sender's report, the captures (per uplink) and the echo's counts."""
+    captures = [Capture(lab, lab.server_ns, f"sv{i}", f"udp port {SERVER_PORT}") for i in ALL]
+    report = Sender(lab, count, 2).wait()
+    captured = [capture.stop() for capture in captures]
+    return report, captured, echo.stop()

@@ -119,13 +119,10 @@ class Bench:
             text=True,
         )
 
-    def relay(self, rate: int, *, load: list[str] | None = None) -> dict[str, Any]:
-        """Offer `rate` datagrams/s (0: as fast as possible) for `duration`, with an optional
-        dashboard load running alongside; returns what the sink saw and engarde's CPU."""
-        lab = self.lab
-        assert self.client is not None
-        sink = lab.popen(
-            lab.server_ns,
+    def start_sink(self) -> subprocess.Popen[str]:
+        """The C sink where WireGuard would be, for one phase (it ends after going idle)."""
+        return self.lab.popen(
+            self.lab.server_ns,
             self.udpgen,
             "sink",
             "--bind",
@@ -138,6 +135,13 @@ class Bench:
             stderr=subprocess.DEVNULL,
             text=True,
         )
+
+    def relay(self, rate: int, *, load: list[str] | None = None) -> dict[str, Any]:
+        """Offer `rate` datagrams/s (0: as fast as possible) for `duration`, with an optional
+        dashboard load running alongside; returns what the sink saw and engarde's CPU."""
+        lab = self.lab
+        assert self.client is not None
+        sink = self.start_sink()
         time.sleep(0.3)
         extra = None
         if load is not None:
@@ -182,20 +186,7 @@ class Bench:
         sse = self.start_probe("sse", "--duration", str(self.duration), "--streams", "1")
         sink = send = None
         if flood:
-            sink = lab.popen(
-                lab.server_ns,
-                self.udpgen,
-                "sink",
-                "--bind",
-                "127.0.0.1:59301",
-                "--duration",
-                str(self.duration + 3),
-                "--idle-ms",
-                "1500",
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
+            sink = self.start_sink()
             send = lab.popen(
                 lab.client_ns,
                 self.udpgen,
