@@ -15,6 +15,7 @@ from engarde.config import (
     ServerConfig,
     WebManagerConfig,
     describe,
+    diff,
     load_config,
     load_config_text,
     parse_host_port,
@@ -1024,3 +1025,71 @@ def test_examples_load(path: Path, role: str) -> None:
     assert getattr(config, role) is not None
     assert config.warnings == []
     assert describe(config, role)
+
+
+# ----------------------------------------------------------------------------------------------
+# What a reload would change
+
+
+RUNNING = """\
+client:
+  listenAddr: "127.0.0.1:59401"
+  dstAddr: "198.51.100.32:59402"
+  excludedInterfaces: ["wg*"]
+  webManager: {listenAddr: "127.0.0.1:9001", username: admin, password: one}
+server:
+  listenAddr: "0.0.0.0:59402"
+  dstAddr: "127.0.0.1:59301"
+"""
+
+
+def test_diff_says_what_changed_and_what_needs_a_restart() -> None:
+    old = load_config_text(RUNNING)
+    new = load_config_text(
+        RUNNING.replace('["wg*"]', '["wg*", "eth3"]')
+        .replace("password: one", "password: two")
+        .replace('"127.0.0.1:59401"', '"127.0.0.1:59411"')
+        .replace("127.0.0.1:59301", "127.0.0.1:59302")
+    )
+    changes = {c.key: c for c in diff(old, new, "client")}
+    assert set(changes) == {
+        "client.excludedInterfaces",
+        "client.webManager.password",
+        "client.listenAddr",
+    }, "the server section is not the client's business"
+    assert str(changes["client.excludedInterfaces"]) == (
+        "client.excludedInterfaces: wg* -> wg*, eth3"
+    )
+    assert changes["client.excludedInterfaces"].live
+    password = changes["client.webManager.password"]
+    assert (password.old, password.new, password.live) == ("***", "*** (changed)", True)
+    assert not changes["client.listenAddr"].live
+    assert "needs a restart" in str(changes["client.listenAddr"])
+    assert [c.key for c in diff(old, new, "server")] == ["server.dstAddr"]
+    assert diff(old, old) == []
+
+
+def test_a_dashboard_appearing_is_a_restart() -> None:
+    old = load_config_text(RUNNING)
+    new = load_config_text(RUNNING.replace(
+        '  webManager: {listenAddr: "127.0.0.1:9001", username: admin, password: one}\n', ""
+    ))  # fmt: skip
+    changes = diff(old, new, "client")
+    assert changes and all(not c.live for c in changes)
+
+
+def test_check_config_against_the_running_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engarde.cli import main
+
+    running = tmp_path / "running.yml"
+    running.write_text(RUNNING)
+    edited = tmp_path / "engarde.yml"
+    edited.write_text(RUNNING.replace('["wg*"]', '["wg*", "eth3"]'))
+    assert main(["check-config", str(edited), "--against", str(running), "--role", "client"]) == 0
+    assert capsys.readouterr().out == "client.excludedInterfaces: wg* -> wg*, eth3\n"
+    assert main(["check-config", str(running), "--against", str(running)]) == 0
+    assert "would change nothing" in capsys.readouterr().out
+    edited.write_text("client: [")
+    assert main(["check-config", str(edited), "--against", str(running)]) == 2
