@@ -38,6 +38,32 @@ class LinkStats:
         return out
 
 
+def merge_link_stats(parts: list[LinkStats]) -> LinkStats:
+    """Several paths' counters as one (an interface's): sums, the latest receive time."""
+    total = LinkStats()
+    for part in parts:
+        for name in _SUMMED_LINK_FIELDS:
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+        if part.last_tx_errno is not None:
+            total.last_tx_errno = part.last_tx_errno
+        if part.last_rx is not None and (total.last_rx is None or part.last_rx > total.last_rx):
+            total.last_rx = part.last_rx
+    return total
+
+
+_SUMMED_LINK_FIELDS = (
+    "tx_datagrams",
+    "tx_bytes",
+    "tx_dropped_full",
+    "tx_errors",
+    "rx_datagrams",
+    "rx_bytes",
+    "rx_foreign",
+    "rx_no_peer",
+    "rx_dropped_full",
+)
+
+
 @dataclass(slots=True)
 class RelayStats:
     """Process-wide counters of the WireGuard-facing side."""
@@ -51,6 +77,7 @@ class RelayStats:
     no_uplink_drops: int = 0  # client: a datagram from WireGuard while no uplink is usable
     empty_datagrams: int = 0  # zero-length datagrams: counted, never relayed
     recv_errors: int = 0
+    duplicates_dropped: int = 0  # exact copies of a datagram already handed on (dedup)
 
     def as_dict(self) -> dict[str, int]:
         return dict(asdict(self))

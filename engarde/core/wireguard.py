@@ -27,7 +27,7 @@ _SIZES = {INITIATION: 148, RESPONSE: 92, COOKIE_REPLY: 64}
 DATA_MIN = 32
 
 
-def message_type(data: bytes | memoryview, n: int) -> int:
+def message_type(data: bytes | bytearray | memoryview, n: int) -> int:
     """The WireGuard message type of the first `n` bytes of `data`, or JUNK."""
     if n < DATA_MIN or data[1] or data[2] or data[3]:
         return JUNK
@@ -37,18 +37,18 @@ def message_type(data: bytes | memoryview, n: int) -> int:
     return kind if _SIZES.get(kind) == n else JUNK
 
 
-def index_at(data: bytes | memoryview, offset: int) -> int:
+def index_at(data: bytes | bytearray | memoryview, offset: int) -> int:
     return int.from_bytes(data[offset : offset + 4], "little")
 
 
-def local_index_of(kind: int, data: bytes | memoryview) -> int | None:
+def local_index_of(kind: int, data: bytes | bytearray | memoryview) -> int | None:
     """For a message our WireGuard sends: the session index it just created, if any."""
     if kind in (INITIATION, RESPONSE):
         return index_at(data, 4)
     return None
 
 
-def addressed_index(kind: int, data: bytes | memoryview) -> int | None:
+def addressed_index(kind: int, data: bytes | bytearray | memoryview) -> int | None:
     """For a message from a peer: which of our session indices it is addressed to, if any."""
     if kind == DATA:
         return index_at(data, 4)

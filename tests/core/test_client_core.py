@@ -28,6 +28,13 @@ def make_core(text: str = CONFIG) -> ClientCore:
     return core
 
 
+def by_index(core: ClientCore) -> dict[int, UplinkPlan]:
+    """The wanted paths by interface index (one path per interface by default)."""
+    plans = core.wanted()
+    assert all(plan.key == key for key, plan in plans.items())
+    return {index: plan for (index, _), plan in plans.items()}
+
+
 def link(index: int, name: str, up: bool = True, carrier: bool = True) -> LinkInfo:
     return LinkInfo(index, name, admin_up=up, carrier=carrier, loopback=name == "lo")
 
@@ -49,7 +56,7 @@ def basic(core: ClientCore) -> None:
 def test_wanted_uses_first_usable_address_and_overrides() -> None:
     core = make_core()
     basic(core)
-    assert core.wanted() == {
+    assert by_index(core) == {
         2: UplinkPlan(2, "eth0", "192.0.2.10", "198.51.100.32:59402"),
         3: UplinkPlan(3, "eth1", "192.0.2.20", "203.0.113.9:59402"),
     }
@@ -66,28 +73,28 @@ def test_reasons_for_unused_interfaces() -> None:
     assert core.why_not(2) == "no-carrier"
     core.on_link(link(2, "eth0", up=False, carrier=False), now=2.0)
     assert core.why_not(2) == "admin-down"
-    assert 2 not in core.wanted()
+    assert 2 not in by_index(core)
 
 
 def test_address_change_changes_plan() -> None:
     core = make_core()
     basic(core)
     core.on_address(AddrInfo(2, "192.0.2.10", 24), present=False, now=2.0)
-    assert 2 not in core.wanted()
+    assert 2 not in by_index(core)
     core.on_address(AddrInfo(2, "192.0.2.11", 24), present=True, now=3.0)
-    assert core.wanted()[2].source_ip == "192.0.2.11"
+    assert by_index(core)[2].source_ip == "192.0.2.11"
 
 
 def test_replug_same_name_new_index() -> None:
     core = make_core()
     basic(core)
     core.on_address(AddrInfo(5, "192.0.2.50", 24), present=True, now=2.0)
-    assert core.wanted()[5].name == "wwan0"
+    assert by_index(core)[5].name == "wwan0"
     core.on_link_gone(5, now=3.0)
-    assert 5 not in core.wanted()
+    assert 5 not in by_index(core)
     core.on_link(link(9, "wwan0"), now=4.0)
     core.on_address(AddrInfo(9, "192.0.2.51", 24), present=True, now=4.1)
-    assert core.wanted()[9] == UplinkPlan(9, "wwan0", "192.0.2.51", "198.51.100.32:59402")
+    assert by_index(core)[9] == UplinkPlan(9, "wwan0", "192.0.2.51", "198.51.100.32:59402")
 
 
 def test_address_for_unknown_link_is_ignored() -> None:
@@ -95,7 +102,7 @@ def test_address_for_unknown_link_is_ignored() -> None:
     basic(core)
     core.on_address(AddrInfo(42, "192.0.2.99", 24), present=True, now=2.0)
     core.on_address(AddrInfo(42, "192.0.2.99", 24), present=False, now=2.0)
-    assert set(core.wanted()) == {2, 3}
+    assert set(by_index(core)) == {2, 3}
 
 
 def test_exclusion_commands_follow_the_original() -> None:
@@ -103,18 +110,18 @@ def test_exclusion_commands_follow_the_original() -> None:
     basic(core)
     assert core.exclude("eth0", now=2.0) == "ok"
     assert core.exclude("eth0", now=2.0) == "already-excluded"
-    assert 2 not in core.wanted()
+    assert 2 not in by_index(core)
     assert core.include("eth0", now=2.0) == "ok"
     assert core.include("eth0", now=2.0) == "already-included"
-    assert 2 in core.wanted()
+    assert 2 in by_index(core)
     # excluded in config XOR toggled at runtime
     assert core.include("wg0", now=2.0) == "ok"
-    assert 4 in core.wanted()
+    assert 4 in by_index(core)
     assert core.swap_exclusion("wg0", now=2.0) == "ok"
-    assert 4 not in core.wanted()
+    assert 4 not in by_index(core)
     core.swap_exclusion("eth1", now=2.0)
     assert core.reset_exclusions(now=2.0) == "ok"
-    assert set(core.wanted()) == {2, 3}
+    assert set(by_index(core)) == {2, 3}
 
 
 def test_unknown_interface_is_an_error() -> None:
@@ -163,10 +170,10 @@ def test_transitions_are_one_line_each_with_a_reason() -> None:
 def test_snapshot_shape_and_status() -> None:
     core = make_core()
     basic(core)
-    plan = core.wanted()[2]
+    plan = by_index(core)[2]
     core.link_opened(plan, 40001, "198.51.100.32:59402", now=1.5)
-    core.stats_for(2).last_rx = 9.0
-    core.link_failed(3, "EADDRNOTAVAIL", now=1.5)
+    core.path_for(plan).stats.last_rx = 9.0
+    core.link_failed(by_index(core)[3], "EADDRNOTAVAIL", now=1.5)
     snap = core.snapshot(now=10.4)
     by_name = {i["name"]: i for i in snap["interfaces"]}
     assert "lo" not in by_name
@@ -180,7 +187,7 @@ def test_snapshot_shape_and_status() -> None:
     assert by_name["wwan0"]["reason"] == "no-address"
     assert snap["type"] == "client"
     assert snap["uptime"] == pytest.approx(10.4)
-    core.link_closed(2, 40001)
+    core.link_closed(plan, 40001)
     assert core.snapshot(now=11)["interfaces"][0]["status"] == "idle"
 
 
@@ -188,14 +195,15 @@ def test_a_stale_close_does_not_hide_the_new_socket() -> None:
     """Address change: the new socket opens before the cancelled old task reports its close."""
     core = make_core()
     basic(core)
-    core.link_opened(core.wanted()[2], 40001, "198.51.100.32:59402", now=1.0)
+    old = by_index(core)[2]
+    core.link_opened(old, 40001, "198.51.100.32:59402", now=1.0)
     core.on_address(AddrInfo(2, "192.0.2.11", 24), present=True, now=2.0)
     core.on_address(AddrInfo(2, "192.0.2.10", 24), present=False, now=2.0)
-    core.link_opened(core.wanted()[2], 40002, "198.51.100.32:59402", now=2.0)
-    core.link_closed(2, 40001)
+    core.link_opened(by_index(core)[2], 40002, "198.51.100.32:59402", now=2.0)
+    core.link_closed(old, 40001)
     eth0 = core.snapshot(now=3.0)["interfaces"][0]
     assert (eth0["status"], eth0["localPort"]) == ("active", 40002)
-    assert core.port_hint(core.wanted()[2]) == 40002
+    assert core.port_hint(by_index(core)[2]) == 40002
 
 
 def test_wireguard_source_changes_are_reported() -> None:
@@ -206,3 +214,86 @@ def test_wireguard_source_changes_are_reported() -> None:
     assert core.wg_peer == ("127.0.0.1", 5000)
     line = core.on_wireguard_source(("::1", 6000, 0, 0))
     assert line is not None and "[::1]:6000" in line
+
+
+# ---- paths: every usable address of the configured families ------------------------------------
+
+DUAL = """
+client:
+  listenAddr: "127.0.0.1:59401"
+  dstAddr: "198.51.100.32:59402"
+  dstAddrV6: "[2001:db8::32]:59402"
+  addressFamilies: [ipv4, ipv6]
+  dstOverrides:
+    - {ifName: wwan1, dstAddrV6: "[fe80::1%wwan1]:59402"}
+"""
+
+
+def dual(core: ClientCore) -> None:
+    core.on_resync(
+        [link(2, "eth0"), link(3, "wwan0"), link(4, "wwan1")],
+        [
+            AddrInfo(2, "192.0.2.10", 24),
+            AddrInfo(2, "2001:db8:1::10", 64),
+            AddrInfo(2, "fe80::10", 64),  # link-local: not a path to a global server
+            AddrInfo(3, "2001:db8:2::20", 64, flags=0x40),  # tentative: not yet
+            AddrInfo(3, "2001:db8:2::21", 64, flags=0x20),  # deprecated: no new paths
+            AddrInfo(4, "fe80::40", 64),  # link-local, and the override is link-local
+            AddrInfo(4, "2001:db8:4::40", 64),
+        ],
+        now=1.0,
+    )
+
+
+def test_every_usable_address_of_the_families_is_a_path() -> None:
+    core = make_core(DUAL)
+    dual(core)
+    assert core.wanted() == {
+        (2, "192.0.2.10"): UplinkPlan(2, "eth0", "192.0.2.10", "198.51.100.32:59402", "ipv4"),
+        (2, "2001:db8:1::10"): UplinkPlan(
+            2, "eth0", "2001:db8:1::10", "[2001:db8::32]:59402", "ipv6"
+        ),
+        (4, "fe80::40"): UplinkPlan(4, "wwan1", "fe80::40", "[fe80::1%wwan1]:59402", "ipv6"),
+    }
+    assert core.why_not(3) == "tentative"
+    lines = core.take_transitions()
+    assert "eth0: up, 192.0.2.10, 2001:db8:1::10 -> carrying copies" in lines
+    assert "wwan0: appeared (tentative)" in lines
+    core.on_address(AddrInfo(3, "2001:db8:2::20", 64, flags=0), present=True, now=2.0)  # DAD done
+    assert core.take_transitions() == ["wwan0: up, 2001:db8:2::20 -> carrying copies"]
+    core.on_address(AddrInfo(2, "2001:db8:1::11", 64), present=True, now=3.0)
+    core.on_address(AddrInfo(2, "2001:db8:1::10", 64), present=False, now=3.0)
+    assert core.take_transitions() == ["eth0: new path 2001:db8:1::11; path 2001:db8:1::10 gone"]
+
+
+def test_a_family_without_a_server_address_is_said_so() -> None:
+    core = make_core(DUAL.replace('  dstAddrV6: "[2001:db8::32]:59402"\n', ""))
+    core.on_resync([link(3, "wwan0")], [AddrInfo(3, "2001:db8:2::20", 64)], now=1.0)
+    assert core.wanted() == {}
+    assert core.why_not(3) == "no-destination"
+
+
+def test_the_original_behaviour_without_address_families() -> None:
+    core = make_core()  # no addressFamilies: one IPv4 path per interface, the first one
+    core.on_resync(
+        [link(2, "eth0")],
+        [
+            AddrInfo(2, "2001:db8::1", 64),
+            AddrInfo(2, "192.0.2.10", 24),
+            AddrInfo(2, "192.0.2.11", 24),
+        ],
+        now=1.0,
+    )
+    assert list(core.wanted()) == [(2, "192.0.2.10")]
+
+
+def test_runtime_exclusions_survive_a_reload() -> None:
+    core = make_core()
+    basic(core)
+    core.exclude("eth0", now=2.0)
+    core.include("wg0", now=2.0)
+    reloaded = make_core(CONFIG.replace('["wg*", "eth3"]', '["wg*", "eth0"]')).config
+    core.apply_config(reloaded, now=3.0)
+    assert core.is_excluded("eth0") and not core.is_excluded("wg0")
+    assert core.reset_exclusions(now=4.0) == "ok"
+    assert core.is_excluded("eth0") and core.is_excluded("wg0")
