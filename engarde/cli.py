@@ -9,6 +9,7 @@ Start-up failures are one line on stderr, never a traceback. Only this module co
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import logging
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 import trio
 
 from engarde import __version__
-from engarde.config import ConfigError, describe, load_config
+from engarde.config import Config, ConfigError, describe, diff, load_config
 
 logger = logging.getLogger("engarde")
 
@@ -65,14 +66,17 @@ def setup_logging(level: str) -> None:
     )
 
 
-async def _serve(role: str, config: Any) -> None:
+async def _serve(role: str, path: str, config: Config) -> None:
     from engarde.net.client import run_client
+    from engarde.net.reload import Reloader
     from engarde.net.server import run_server
 
-    runner = run_client if role == "client" else run_server
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    reloader = Reloader(path, "client" if role == "client" else "server", config)
+    section = config.client if role == "client" else config.server
+    runner: Any = run_client if role == "client" else run_server
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(runner, config)
+            await nursery.start(functools.partial(runner, section, reloader=reloader))
             # Everything loaded so far (quart, pydantic, hypercorn: ~70k objects) lives as long
             # as the process. Freezing it keeps the cyclic GC from rescanning it: a full
             # collection over it holds the GIL for ~50 ms on this kind of machine, and the pump
@@ -80,6 +84,10 @@ async def _serve(role: str, config: Any) -> None:
             gc.collect()
             gc.freeze()
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    logger.info("SIGHUP received: reloading %s", path)
+                    nursery.start_soon(functools.partial(reloader.reload, why="SIGHUP"))
+                    continue
                 logger.info("%s received: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
@@ -93,10 +101,9 @@ def run_role(role: str, path: str) -> int:
         return 2
     for line in config.warnings:
         logger.warning("%s", line)
-    section = config.client if role == "client" else config.server
     types = _startup_error_types()
     try:
-        trio.run(_serve, role, section)
+        trio.run(_serve, role, path, config)
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:
@@ -110,7 +117,9 @@ def run_role(role: str, path: str) -> int:
 
 
 def list_interfaces(path: str | None) -> int:
-    from engarde.core.links import InterfaceTable, source_address, usability
+    """Each interface, the addresses that would be paths and its state. With a config file:
+    its exclusions and addressFamilies (without: the original's, the first IPv4 address)."""
+    from engarde.core.links import InterfaceTable, path_addresses, usability
     from engarde.net.netlink import NetlinkError, dump_interfaces
 
     try:
@@ -120,34 +129,50 @@ def list_interfaces(path: str | None) -> int:
         return 1
     table = InterfaceTable()
     table.replace_all(dump.links, dump.addrs)
-    excluded = None
+    client = None
     if path is not None:
         try:
-            excluded = load_config(path, role="client").client
+            client = load_config(path, role="client").client
         except ConfigError:
-            excluded = None
+            client = None
+    families = client.families if client is not None else None
     rows = []
     for iface in sorted(table.by_index.values(), key=lambda i: i.index):
-        state = usability(iface)
-        if excluded is not None and excluded.is_excluded(iface.name):
+        state = usability(iface, families)
+        if client is not None and client.is_excluded(iface.name):
             state = "excluded"
-        rows.append((iface.name, source_address(iface) or "-", state))
+        paths = path_addresses(iface, families)
+        rows.append((iface.name, ", ".join(paths) or "-", state))
     width = max((len(r[0]) for r in rows), default=4)
     for name, address, state in rows:
         print(f"{name:<{width}}  {address:<15}  {state}")
     return 0
 
 
-def check_config(path: str, role: str | None) -> int:
+def check_config(path: str, role: str | None, against: str | None = None) -> int:
+    """Validate and print the effective settings; with `against` (the file a daemon runs
+    with), print instead what a reload from it to `path` would change."""
     try:
         config = load_config(path, role=role)  # type: ignore[arg-type]
+        running = None if against is None else load_config(against, role=role)  # type: ignore[arg-type]
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     for line in config.warnings:
         print(f"warning: {line}", file=sys.stderr)
-    print(describe(config, role))
+    if running is None:
+        print(describe(config, role))
+        return 0
+    changes = diff(running, config, role)
+    if not changes:
+        print(f"a reload from {against} to {path} would change nothing")
+    for change in changes:
+        print(f"{change.key}: {change.old} -> {change.new}" + _restart_note(change.live))
     return 0
+
+
+def _restart_note(live: bool) -> str:
+    return "" if live else "  (needs a restart: a reload leaves it as it is)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -170,6 +195,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", parents=[common], help="validate, print effective settings")
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     p.add_argument("--role", choices=("client", "server"), default=None)
+    p.add_argument(
+        "--against",
+        metavar="RUNNING",
+        default=None,
+        help="print what a reload from RUNNING (the file the daemon runs with) would change",
+    )
     sub.add_parser("version", parents=[common], help="print the version")
     return parser
 
@@ -183,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list-interfaces":
         return list_interfaces(args.config)
     if args.command == "check-config":
-        return check_config(args.config, args.role)
+        return check_config(args.config, args.role, args.against)
     return run_role(args.command, args.config)
 
 

@@ -3,7 +3,8 @@
 run_client
 ├─ pump               the data path's thread (engarde.net.pump), one epoll over the hot sockets:
 │                       WireGuard -> every uplink socket (non-blocking sends)
-│                       each uplink socket -> WireGuard
+│                       each uplink socket -> copy tracker (first copy?) -> WireGuard
+│                       every 0.25 s: settle copies older than the window
 ├─ netlink watcher    kernel link/address events -> core -> supervisor wake-up
 ├─ link supervisor    core.wanted() vs running uplinks; one task per uplink
 │   └─ uplink task    opens its socket, hands it to the pump, takes it back and closes it
@@ -22,16 +23,46 @@ from engarde.core.client import ClientCore
 from engarde.net.netlink import run_netlink_watcher
 from engarde.net.pump import Pump, run_pump
 from engarde.net.ready import start_dashboard_and_report
-from engarde.net.sockets import open_listen_socket
+from engarde.net.reload import Reloader, ReloadError
+from engarde.net.sockets import SocketSetupError, open_listen_socket, resolve_udp
 from engarde.net.uplinks import Fanout, run_link_supervisor, wake_channel, wireguard_handler
 
 logger = logging.getLogger(__name__)
 
 
+async def check_destinations(old: ClientConfig, new: ClientConfig) -> None:
+    """Resolve the destinations a reload brings in (host names): one that does not resolve
+    stops the reload (ReloadError) instead of leaving paths failing."""
+    before = _destinations(old)
+    for text in sorted(_destinations(new) - before):
+        try:
+            await resolve_udp(text, what="reloaded destination")
+        except SocketSetupError as exc:
+            raise ReloadError(str(exc)) from exc
+
+
+def _destinations(config: ClientConfig) -> set[str]:
+    found = {config.dstAddr, config.dstAddrV6}
+    for override in config.dstOverrides:
+        found |= {override.dstAddr, override.dstAddrV6}
+    return {text for text in found if text}
+
+
+SWEEP_PERIOD_S = 0.25  # settle copies older than the window (per-link lost/saved)
+
+
 async def run_client(
-    config: ClientConfig, *, task_status: trio.TaskStatus[ClientCore] = trio.TASK_STATUS_IGNORED
+    config: ClientConfig,
+    *,
+    reloader: Reloader | None = None,
+    task_status: trio.TaskStatus[ClientCore] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the client until cancelled. Raises SocketSetupError / NetlinkError at start-up."""
+    """Run the client until cancelled. Raises SocketSetupError / NetlinkError at start-up.
+
+    With a `reloader`, a reload applies new settings to the core (in the trio thread: the
+    pump's handlers only read the few attributes it changes, once per batch); changed
+    destinations or address families change the wanted paths, and the supervisor opens the new
+    sockets before it closes the old ones."""
     core = ClientCore(config, now=time.monotonic())
     poke, wakeups = wake_channel()
     core.on_change = poke
@@ -39,12 +70,20 @@ async def run_client(
     fanout = Fanout()
     pump = Pump()
     pump.register(wg_sock, wireguard_handler(wg_sock, core, fanout))
+    pump.every(SWEEP_PERIOD_S, lambda: core.sweep(time.monotonic()))
 
     with wg_sock:
         async with trio.open_nursery() as nursery:
             await nursery.start(run_pump, pump)
             await nursery.start(run_netlink_watcher, core)
             await nursery.start(run_link_supervisor, core, pump, fanout, wg_sock, wakeups, poke)
+            if reloader is not None:
+
+                async def apply(section: ClientConfig) -> None:
+                    await check_destinations(core.config, section)
+                    core.apply_config(section, time.monotonic())
+
+                reloader.attach(apply)
             await start_dashboard_and_report(
                 nursery,
                 core,
@@ -53,4 +92,5 @@ async def run_client(
                 f"client listening on {config.listenAddr} for WireGuard, "
                 f"relaying to {config.dstAddr}",
                 task_status,
+                reloader,
             )

@@ -94,7 +94,11 @@ def _addr_info(msg: Any) -> AddrInfo | None:
     address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
     if not address:
         return None
-    return AddrInfo(int(msg["index"]), str(address), int(msg["prefixlen"]))
+    # IFA_FLAGS (32 bits) when the kernel sends it, else the 8-bit ifa_flags of the header.
+    flags = msg.get_attr("IFA_FLAGS")
+    if flags is None:
+        flags = msg.get("flags", 0)
+    return AddrInfo(int(msg["index"]), str(address), int(msg["prefixlen"]), int(flags or 0))
 
 
 def decode(marshal: MarshalRtnl, data: bytes) -> Iterator[Event | None]:

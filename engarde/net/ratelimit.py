@@ -17,13 +17,19 @@ class LogLimiter:
         self.suppressed = 0
 
     def info(self, now: float, line: str) -> None:
+        self._log(logging.INFO, now, line)
+
+    def warning(self, now: float, line: str) -> None:
+        self._log(logging.WARNING, now, line)
+
+    def _log(self, level: int, now: float, line: str) -> None:
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.per_s)
         self.last = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             if self.suppressed:
-                self.logger.info("(%d similar lines suppressed)", self.suppressed)
+                self.logger.log(level, "(%d similar lines suppressed)", self.suppressed)
                 self.suppressed = 0
-            self.logger.info("%s", line)
+            self.logger.log(level, "%s", line)
         else:
             self.suppressed += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -17,13 +18,16 @@ async def start_dashboard_and_report(
     log: logging.Logger,
     listening: str,
     task_status: trio.TaskStatus[Any],
+    reloader: Any = None,
 ) -> None:
     """Start the dashboard (webManager) and only then log `listening` and report started, so
     that the line is true when it appears and a dashboard error surfaces before it."""
     if config.webManager is not None:
         from engarde.web.serve import run_dashboard
 
-        await nursery.start(run_dashboard, core, config.webManager)
+        await nursery.start(
+            functools.partial(run_dashboard, core, config.webManager, reloader=reloader)
+        )
     description = f" ({config.description})" if config.description else ""
     log.info("%s%s", listening, description)
     task_status.started(core)

@@ -1,16 +1,23 @@
 """run_server: the server's nursery tree (see docs/architecture.md).
 
     run_server
-    ├─ pump             the data path's thread (engarde.net.pump), one epoll over both sockets:
-    │                     listen socket -> core (who is alive) -> upstream socket (WireGuard)
-    │                     upstream socket -> every client address alive (non-blocking sends)
-    │                     once a second: forget silent client addresses
+    ├─ pump             the data path's thread (engarde.net.pump), one epoll over:
+    │                     the listen socket: client addresses -> core (which client? proven?
+    │                       first copy?) -> that client's upstream socket (or the lobby, or the
+    │                       address's probe) -> WireGuard
+    │                     each upstream socket (lobby, one per client, probes): WireGuard ->
+    │                       the live addresses of the client it is for (non-blocking sends)
+    │                     every 0.25 s: settle copies; every 1 s: forget what went silent
     └─ dashboard        optional (webManager)
 
-The client table (ServerCore) is written only in the pump thread; the dashboard reads snapshots.
+The core (ServerCore) decides; this module owns the sockets. Upstream sockets are opened in the
+pump thread when the core routes a datagram through a route that has none yet (a new client, a
+probe), registered in the pump's epoll there, and closed there when the core says so (a client
+expired, merged or evicted; a probe no longer needed), so the core's tables and the sockets
+change in one thread. At shutdown every upstream socket is closed after the pump stopped.
 
 On a wildcard listen address the listen socket reports each datagram's destination
-(IP_PKTINFO), and replies to that client leave from the same address: a multi-homed server
+(IP_PKTINFO), and replies to that address leave from the same address: a multi-homed server
 answers from the address the client talks to, not whatever the routing table prefers.
 """
 
@@ -18,20 +25,24 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import time
-from collections.abc import Callable
+from typing import Any
 
 import trio
 
 from engarde.config import ServerConfig, parse_host_port
-from engarde.core.server import ClientAddress, ServerCore
+from engarde.core.peers import Client, ClientAddress, Route
+from engarde.core.server import ServerCore
 from engarde.core.wireguard import DATA, JUNK, message_type
 from engarde.net.pump import Batch, Handler, Pump, run_pump
 from engarde.net.ratelimit import LogLimiter
 from engarde.net.ready import start_dashboard_and_report
+from engarde.net.reload import Reloader, ReloadError
 from engarde.net.sockets import (
     PKTINFO_ANC_BYTES,
     RECV_BYTES,
+    SocketSetupError,
     destination_of,
     is_wildcard,
     open_listen_socket,
@@ -43,26 +54,51 @@ from engarde.net.sockets import (
 logger = logging.getLogger(__name__)
 
 EXPIRY_PERIOD_S = 1.0
+SWEEP_PERIOD_S = 0.25
+PROBE_BUFFER_BYTES = 256 * 1024  # a probe carries one address's datagrams for a moment
+
+_DATA_HEADER = struct.Struct("<IQ")  # receiver index, counter: at byte 4 of transport data
 
 
 async def run_server(
-    config: ServerConfig, *, task_status: trio.TaskStatus[ServerCore] = trio.TASK_STATUS_IGNORED
+    config: ServerConfig,
+    *,
+    reloader: Reloader | None = None,
+    task_status: trio.TaskStatus[ServerCore] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the server until cancelled. Raises SocketSetupError at start-up."""
+    """Run the server until cancelled. Raises SocketSetupError at start-up.
+
+    With a `reloader`, a reload applies new settings in the pump thread (the core's owner); a
+    new dstAddr (WireGuard moved) gets every route a new upstream socket before the old one
+    closes."""
     core = ServerCore(config, now=time.monotonic())
     host, _ = parse_host_port(config.listenAddr, what="server.listenAddr")
     pktinfo = is_wildcard(host)
     dst = await resolve_udp(config.dstAddr, what="server.dstAddr")
     listen = open_listen_socket(config.listenAddr, what="server.listenAddr", pktinfo=pktinfo)
     with listen:
-        upstream = open_upstream_socket(dst)
-        with upstream:
-            host, port = upstream.getsockname()[:2]
-            core.upstream_local = f"{host}:{port}"
-            pump = Pump()
-            pump.register(listen, clients_handler(listen, upstream, core, pktinfo))
-            pump.register(upstream, wireguard_handler(upstream, listen, core, pktinfo))
-            pump.every(EXPIRY_PERIOD_S, expiry_handler(core))
+        first = open_upstream_socket(dst)  # fails early and clearly if WireGuard's side is odd
+        host, port = first.getsockname()[:2]
+        core.upstream_local = f"{host}:{port}"
+        pump = Pump()
+        relay = ServerRelay(core, pump, listen, dst, pktinfo)
+        relay.adopt(core.everyone if core.everyone is not None else core.lobby, first)
+        pump.register(listen, relay.clients_handler())
+        pump.every(EXPIRY_PERIOD_S, relay.expire)
+        pump.every(SWEEP_PERIOD_S, relay.sweep)
+        if reloader is not None:
+
+            async def apply(section: ServerConfig) -> None:
+                dst = relay.dst
+                if section.dstAddr != core.config.dstAddr:
+                    try:
+                        dst = await resolve_udp(section.dstAddr, what="server.dstAddr")
+                    except SocketSetupError as exc:
+                        raise ReloadError(str(exc)) from exc
+                await pump.call(lambda: relay.apply_config(section, dst))
+
+            reloader.attach(apply)
+        try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(run_pump, pump)
                 await start_dashboard_and_report(
@@ -73,128 +109,271 @@ async def run_server(
                     f"server listening on {config.listenAddr}, "
                     f"relaying to WireGuard at {config.dstAddr}",
                     task_status,
+                    reloader,
                 )
+        finally:
+            relay.close_all()
 
 
-def clients_handler(
-    listen: socket.socket, upstream: socket.socket, core: ServerCore, pktinfo: bool
-) -> Handler:
-    """Client copies -> WireGuard, up to a batch per call, in the pump thread."""
-    buf = bytearray(RECV_BYTES)
-    view = memoryview(buf)
-    buffers = [buf]
-    recvmsg = listen.recvmsg_into
-    recvfrom = listen.recvfrom_into
-    send_up = upstream.send
-    clients = core.clients
-    stats = core.stats
-    strict = core.strict
-    log = LogLimiter(logger, per_s=5.0)
-    monotonic = time.monotonic
+class ServerRelay:
+    """The server's sockets and handlers; everything here runs in the pump thread (or before
+    it starts / after it stopped)."""
 
-    batch = Batch()
+    def __init__(
+        self,
+        core: ServerCore,
+        pump: Pump,
+        listen: socket.socket,
+        dst: tuple[Any, ...],
+        pktinfo: bool,
+    ) -> None:
+        self.core = core
+        self.pump = pump
+        self.listen = listen
+        self.dst = dst
+        self.pktinfo = pktinfo
+        self.log = LogLimiter(logger, per_s=5.0)
+        self._open: dict[int, Route] = {}  # id(route) -> route, for close_all
+        self._ancillary: dict[bytes, list[tuple[int, int, bytes]]] = {}
 
-    def drain() -> None:
-        local: bytes | None = None
-        now = monotonic()
-        for _ in range(batch.limit):
-            try:
+    # ---- routes' sockets ------------------------------------------------------------------------
+
+    def adopt(self, route: Route, sock: socket.socket) -> None:
+        """`sock` is `route`'s upstream socket from now on: WireGuard's answers on it are read by
+        a handler bound to the route."""
+        route.upstream = sock
+        self.pump.register(sock, self.wireguard_handler(route, sock))
+        self._open[id(route)] = route
+
+    def open_route(self, route: Route) -> socket.socket | None:
+        """Open and register `route`'s socket (a new client, a probe). None if it cannot be
+        opened (counted; the datagram is dropped and the route tried again with the next)."""
+        small = isinstance(route, ClientAddress)
+        try:
+            sock = open_upstream_socket(
+                self.dst, buffer_bytes=PROBE_BUFFER_BYTES if small else None
+            )
+        except SocketSetupError as exc:
+            self.core.route_failed(route)
+            self.log.warning(time.monotonic(), f"cannot open an upstream socket: {exc}")
+            return None
+        self.adopt(route, sock)
+        return sock
+
+    def close_route(self, route: Route) -> None:
+        sock = route.upstream
+        route.upstream = None
+        self._open.pop(id(route), None)
+        if sock is not None:
+            self.pump.unregister(sock)
+            sock.close()
+
+    def close_all(self) -> None:
+        """Shutdown, after the pump stopped: close every upstream socket."""
+        for route in list(self._open.values()):
+            self.close_route(route)
+
+    def after(self, now: float) -> None:
+        """What the core asked for meanwhile: close sockets, log."""
+        core = self.core
+        for route in core.take_closing():
+            self.close_route(route)
+        for line in core.take_log():
+            self.log.info(now, line)
+
+    def apply_config(self, config: ServerConfig, dst: tuple[Any, ...]) -> None:
+        """A reload, in the pump thread: the core's settings; a new WireGuard address gets every
+        route a new upstream socket (opened first, then the old one closed; probes just close:
+        the next datagram opens them again)."""
+        now = time.monotonic()
+        self.core.apply_config(config, now)
+        if dst != self.dst:
+            self.dst = dst
+            for route in list(self._open.values()):
+                if isinstance(route, ClientAddress):
+                    self.close_route(route)
+                    continue
+                old = route.upstream
+                try:
+                    sock = open_upstream_socket(dst)
+                except SocketSetupError as exc:
+                    self.log.warning(now, f"reload: keeping the old upstream socket: {exc}")
+                    continue
+                self.adopt(route, sock)
+                if old is not None:
+                    self.pump.unregister(old)
+                    old.close()
+            logger.info("WireGuard now at %s: %d upstream sockets moved", config.dstAddr,
+                        len(self._open))  # fmt: skip
+        self.after(now)
+
+    # ---- timers ----------------------------------------------------------------------------------
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for line in self.core.expire(now):
+            logger.info("%s", line)
+        self.after(now)
+
+    def sweep(self) -> None:
+        self.core.sweep(time.monotonic())
+
+    # ---- client addresses -> WireGuard ----------------------------------------------------------
+
+    def clients_handler(self) -> Handler:
+        """Client copies -> WireGuard, up to a batch per call.
+
+        The hot path, taken inline: a proven address sending transport data of its own client's
+        sessions (the tracker says whether it is a first copy). Everything else asks the core.
+        """
+        core = self.core
+        listen = self.listen
+        pktinfo = self.pktinfo
+        buf = bytearray(RECV_BYTES)
+        view = memoryview(buf)
+        buffers = [buf]
+        recvmsg = listen.recvmsg_into
+        recvfrom = listen.recvfrom_into
+        addresses = core.addresses
+        move_to_end = addresses.move_to_end
+        stats = core.stats
+        strict = core.strict
+        header = _DATA_HEADER.unpack_from
+        from_client = core.from_client
+        open_route = self.open_route
+        monotonic = time.monotonic
+
+        batch = Batch()
+
+        def drain() -> None:
+            local: bytes | None = None
+            now = monotonic()
+            dedup = core.dedup  # per batch: a reload may change it
+            for _ in range(batch.limit):
+                try:
+                    if pktinfo:
+                        n, anc, _flags, src = recvmsg(buffers, PKTINFO_ANC_BYTES)
+                    else:
+                        n, src = recvfrom(buf)
+                except BlockingIOError:
+                    batch.drained()
+                    break
+                except OSError:  # nothing known raises here; count it rather than stop
+                    stats.recv_errors += 1
+                    continue
+                kind = message_type(view, n) if strict else (DATA if n else JUNK)
+                if kind == JUNK:  # checked first: a flood of junk costs as little as possible
+                    if n == 0:
+                        stats.empty_datagrams += 1
+                    else:
+                        stats.junk_datagrams += 1
+                    continue
                 if pktinfo:
-                    n, anc, _flags, src = recvmsg(buffers, PKTINFO_ANC_BYTES)
-                else:
-                    n, src = recvfrom(buf)
-            except BlockingIOError:
-                batch.drained()
-                break
-            except OSError:  # nothing known raises here; count it rather than stop the relay
-                stats.recv_errors += 1
-                continue
-            kind = message_type(view, n) if strict else DATA
-            if kind == JUNK:  # checked first: a flood of junk costs as little as possible
+                    local = destination_of(anc)
+                route: Route | None = None
+                entry = addresses.get(src)
+                if entry is not None and kind == DATA:
+                    # The hot path: a proven address sending transport data of its own client's
+                    # sessions (with relayNonWireGuard: anything from an address seen before).
+                    client: Client = entry.client  # type: ignore[assignment]
+                    if strict:
+                        index, counter = header(buf, 4)
+                        if index in client.local_indices:
+                            route = client
+                    else:
+                        route = client
+                    if route is not None:
+                        entry.last_seen = now
+                        entry.local_raw = local
+                        move_to_end(src)
+                        client.last_seen = now
+                        entry.rx_datagrams += 1
+                        entry.rx_bytes += n
+                        stats.clients_rx_datagrams += 1
+                        stats.clients_rx_bytes += n
+                        first = not strict or client.tracker.see(
+                            index, counter, buf[n - 16 : n], entry.quality, now
+                        )
+                        if not first and dedup:
+                            client.duplicates_dropped += 1
+                            stats.duplicates_dropped += 1
+                            continue
+                if route is None:
+                    route = from_client(src, local, kind, view, n, now)
+                    if route is None:
+                        continue
+                sock = route.upstream
+                if sock is None:
+                    sock = open_route(route)
+                    if sock is None:
+                        continue
+                try:
+                    sock.send(view[:n])
+                    stats.wg_tx_datagrams += 1
+                    stats.wg_tx_bytes += n
+                except BlockingIOError:
+                    stats.wg_tx_dropped_full += 1
+                except OSError:  # ECONNREFUSED: WireGuard is not listening (yet)
+                    stats.wg_tx_errors += 1
+            else:
+                batch.filled()
+            if core.has_work:
+                self.after(now)
+
+        return drain
+
+    # ---- WireGuard -> client addresses ----------------------------------------------------------
+
+    def wireguard_handler(self, route: Route, upstream: socket.socket) -> Handler:
+        """What WireGuard sends on `route`'s socket -> the live addresses of the client it is
+        for, up to a batch per call. A send that would block is dropped and counted for that
+        address; a send that fails drops the address (it proves itself again with its next
+        datagram), without affecting the others."""
+        core = self.core
+        buf = bytearray(RECV_BYTES)
+        view = memoryview(buf)
+        recv = upstream.recv_into
+        sendto = self.listen.sendto
+        sendmsg = self.listen.sendmsg
+        pktinfo = self.pktinfo
+        ancillary = self._ancillary
+        stats = core.stats
+        strict = core.strict
+        from_wireguard = core.from_wireguard
+        fast = route if isinstance(route, Client) else None
+        monotonic = time.monotonic
+        failed: list[tuple[ClientAddress, int | None]] = []
+
+        batch = Batch()
+
+        def drain() -> None:
+            now = monotonic()
+            cutoff = now - core.timeout_s
+            for _ in range(batch.limit):
+                try:
+                    n = recv(buf)
+                except BlockingIOError:
+                    batch.drained()
+                    break
+                except OSError:  # ECONNREFUSED from an earlier send while WireGuard was down
+                    stats.recv_errors += 1
+                    continue
                 if n == 0:
                     stats.empty_datagrams += 1
-                else:
-                    stats.junk_datagrams += 1
-                continue
-            if pktinfo:
-                local = destination_of(anc)
-            entry = clients.get(src)
-            if entry is None:
-                entry = core.seen(src, local, kind, view, now)
-                if entry is None:
                     continue
-            else:
-                core.touch(entry, local, now)
-            entry.rx_datagrams += 1
-            entry.rx_bytes += n
-            stats.clients_rx_datagrams += 1
-            stats.clients_rx_bytes += n
-            try:
-                send_up(view[:n])
-                stats.wg_tx_datagrams += 1
-                stats.wg_tx_bytes += n
-            except BlockingIOError:
-                stats.wg_tx_dropped_full += 1
-            except OSError:  # ECONNREFUSED: WireGuard is not listening (yet)
-                stats.wg_tx_errors += 1
-        else:
-            batch.filled()
-        if core.has_log:
-            _log_core(core, log, now)
-
-    return drain
-
-
-def _log_core(core: ServerCore, log: LogLimiter, now: float) -> None:
-    for line in core.take_log():
-        log.info(now, line)
-
-
-def wireguard_handler(
-    upstream: socket.socket, listen: socket.socket, core: ServerCore, pktinfo: bool
-) -> Handler:
-    """WireGuard's replies -> every client address alive, up to a batch per call, in the pump
-    thread. A send that would block is dropped
-    and counted for that address; a send that fails drops the address (it comes back with its
-    next datagram), without affecting the others."""
-    buf = bytearray(RECV_BYTES)
-    view = memoryview(buf)
-    recv = upstream.recv_into
-    sendto = listen.sendto
-    sendmsg = listen.sendmsg
-    clients = core.clients
-    pending = core.pending
-    stats = core.stats
-    strict = core.strict
-    ancillary: dict[bytes, list[tuple[int, int, bytes]]] = {}
-    failed: list[tuple[ClientAddress, int | None]] = []
-    monotonic = time.monotonic
-
-    batch = Batch()
-
-    def drain() -> None:
-        cutoff = core.alive_cutoff(monotonic())
-        for _ in range(batch.limit):
-            try:
-                n = recv(buf)
-            except BlockingIOError:
-                batch.drained()
-                break
-            except OSError:  # ECONNREFUSED from an earlier send while WireGuard was down
-                stats.recv_errors += 1
-                continue
-            if n == 0:
-                stats.empty_datagrams += 1
-                continue
-            stats.wg_rx_datagrams += 1
-            stats.wg_rx_bytes += n
-            data = view[:n]
-            kind = message_type(view, n) if strict else DATA
-            if kind != DATA:
-                core.learn_local(kind, view)
-            targets = (clients, pending) if kind != DATA and pending else (clients,)
-            for table in targets:
-                for entry in table.values():
+                stats.wg_rx_datagrams += 1
+                stats.wg_rx_bytes += n
+                kind = message_type(view, n) if strict else DATA
+                if (
+                    fast is not None
+                    and kind == DATA
+                    and (not strict or int.from_bytes(buf[4:8], "little") in fast.peer_indices)
+                ):
+                    targets = fast.addresses.values()  # the hot path: a known session
+                else:
+                    targets = from_wireguard(route, kind, view, now)  # type: ignore[assignment]
+                data = view[:n]
+                for entry in targets:
                     if entry.last_seen < cutoff:
                         continue
                     try:
@@ -211,24 +390,17 @@ def wireguard_handler(
                         entry.tx_dropped_full += 1
                     except OSError as exc:
                         entry.tx_errors += 1
+                        entry.last_tx_errno = exc.errno
                         failed.append((entry, exc.errno))
-            if failed:
-                for entry, err in failed:
-                    line = core.drop(entry.address, err)
-                    if line:
-                        logger.warning("%s", line)
-                failed.clear()
-        else:
-            batch.filled()
+                if failed:
+                    for entry, err in failed:
+                        line = core.drop(entry.address, err, now)
+                        if line:
+                            self.log.warning(now, line)
+                    failed.clear()
+            else:
+                batch.filled()
+            if core.has_work:
+                self.after(now)
 
-    return drain
-
-
-def expiry_handler(core: ServerCore) -> Callable[[], None]:
-    """Once a second, in the pump thread: forget silent client addresses."""
-
-    def expire() -> None:
-        for line in core.expire(time.monotonic()):
-            logger.info("%s", line)
-
-    return expire
+        return drain

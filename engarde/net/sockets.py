@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import socket
 import struct
+from typing import Any
 
 import trio
 
@@ -81,6 +82,9 @@ def open_listen_socket(text: str, *, what: str, pktinfo: bool = False) -> socket
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         set_buffers(sock)
+        if family == socket.AF_INET6 and is_wildcard(host):
+            # "[::]:port" serves IPv4 too (as ::ffff:a.b.c.d), whatever net.ipv6.bindv6only says
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         if pktinfo:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
@@ -102,22 +106,26 @@ def open_uplink_socket(ifname: str, source_ip: str, port: int = 0) -> socket.soc
     SO_BINDTODEVICE on a socket needs no CAP_NET_RAW on kernels >= 5.7. `port` is a wish: if it
     is taken, any port is used. Raises SocketSetupError.
     """
-    sock = socket.socket(family_of(source_ip), socket.SOCK_DGRAM)
+    family = family_of(source_ip)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         # No SO_REUSEADDR: with it a stale socket could share the port and steal the replies.
-        # IP_FREEBIND: the kernel announces a new address (RTM_NEWADDR) a moment before the
-        # address becomes bindable; we react inside that window, and bind() would fail with
-        # EADDRNOTAVAIL. The address is on the interface, so binding to it early is right.
-        if family_of(source_ip) == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        # IP_FREEBIND (IPv6 sockets honour it too): the kernel announces a new address
+        # (RTM_NEWADDR) a moment before the address becomes bindable; we react inside that
+        # window, and bind() would fail with EADDRNOTAVAIL. The address is on the interface, so
+        # binding to it early is right.
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode() + b"\0")
         set_buffers(sock)
+        where: tuple[Any, ...] = (source_ip,)
+        if family == socket.AF_INET6 and ipaddress.ip_address(source_ip).is_link_local:
+            where = (source_ip, 0, 0, socket.if_nametoindex(ifname))  # port set below
         try:
-            sock.bind((source_ip, port))
+            sock.bind(_with_port(where, port))
         except OSError as exc:
             if not port or exc.errno != errno.EADDRINUSE:
                 raise
-            sock.bind((source_ip, 0))
+            sock.bind(_with_port(where, 0))
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -128,11 +136,16 @@ def open_uplink_socket(ifname: str, source_ip: str, port: int = 0) -> socket.soc
     return sock
 
 
-def open_upstream_socket(dst: tuple[str, int]) -> socket.socket:
-    """The server's socket towards the local WireGuard, connected so replies are filtered."""
+def _with_port(where: tuple[Any, ...], port: int) -> tuple[Any, ...]:
+    return (where[0], port, *where[2:]) if len(where) > 2 else (where[0], port)
+
+
+def open_upstream_socket(dst: tuple[str, int], *, buffer_bytes: int | None = None) -> socket.socket:
+    """A server socket towards the local WireGuard, connected so replies are filtered (one per
+    client, the lobby, probes). Raises SocketSetupError (e.g. EMFILE: out of descriptors)."""
     sock = socket.socket(family_of(dst[0]), socket.SOCK_DGRAM)
     try:
-        set_buffers(sock)
+        set_buffers(sock, buffer_bytes or BUFFER_BYTES)
         sock.connect(dst)
         sock.setblocking(False)
     except OSError as exc:
@@ -143,27 +156,45 @@ def open_upstream_socket(dst: tuple[str, int]) -> socket.socket:
     return sock
 
 
-async def resolve_udp(text: str, *, what: str) -> tuple[str, int]:
-    """HOST:PORT -> (ip, port), IPv4 preferred (uplinks send from IPv4 addresses).
+async def resolve_udp(text: str, *, what: str, family: str | None = None) -> tuple[Any, ...]:
+    """HOST:PORT -> a socket address: (ip, port) for IPv4, (ip, port, flowinfo, scope_id) for
+    IPv6, exactly as a socket of that family reports its sources (so a source compares with it
+    as it is; a zone like "%eth1" becomes the scope id).
 
-    Raises SocketSetupError when the name does not resolve.
+    `family` "ipv4" / "ipv6": only that family will do (a path's socket has one); None: any,
+    IPv4 preferred. Raises SocketSetupError when the name does not resolve to that family.
     """
     host, port = parse_host_port(text, what=what)
-    host = host or "127.0.0.1"  # ":PORT" means this machine
+    if not host:  # ":PORT" means this machine
+        host = "::1" if family == "ipv6" else "127.0.0.1"
+    wanted = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(family or "", 0)
+    numeric = _is_ip(host)
     try:
-        ipaddress.ip_address(host)
-        return host, port
-    except ValueError:
-        pass
-    try:
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        if numeric:
+            infos = socket.getaddrinfo(
+                host, port, wanted, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST
+            )
+        else:
+            infos = await trio.socket.getaddrinfo(host, port, wanted, socket.SOCK_DGRAM)
     except OSError as exc:
+        if numeric:
+            raise SocketSetupError(
+                f"{text} ({what}) is not an {family or 'IP'} address: {exc}"
+            ) from exc
         raise SocketSetupError(f"cannot resolve {text} ({what}): {exc}") from exc
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     if not infos:
-        raise SocketSetupError(f"cannot resolve {text} ({what}): no addresses")
-    sockaddr = infos[0][4]
-    return str(sockaddr[0]), int(sockaddr[1])
+        raise SocketSetupError(f"cannot resolve {text} ({what}): no {family or ''} addresses")
+    sockaddr: tuple[Any, ...] = tuple(infos[0][4])
+    return (str(sockaddr[0]), int(sockaddr[1]), *sockaddr[2:])
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 def destination_of(ancdata: list[tuple[int, int, bytes]]) -> bytes | None:

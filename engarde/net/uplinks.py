@@ -1,11 +1,12 @@
-"""The link supervisor and the per-uplink tasks of the client.
+"""The link supervisor and the per-path tasks of the client.
 
-The supervisor owns the running uplinks: it diffs `core.wanted()` against them whenever the core
-says something changed (a wake-up on a channel of capacity 1, so bursts of netlink events
-coalesce), cancels the ones no longer wanted or whose plan changed (new address), and starts the
-missing ones. A link whose socket cannot be made, or whose socket fails, is retried with backoff.
+A path is one source address of one usable interface (core/client.py): one socket. The
+supervisor owns the running paths: it diffs `core.wanted()` against them whenever the core says
+something changed (a wake-up on a channel of capacity 1, so bursts of netlink events coalesce),
+cancels the ones no longer wanted or whose plan changed (new destination), and starts the
+missing ones. A path whose socket cannot be made, or whose socket fails, is retried with backoff.
 
-Each uplink task owns its socket: it hands it to the pump (engarde.net.pump), which registers it
+Each path task owns its socket: it hands it to the pump (engarde.net.pump), which registers it
 in the `Fanout` (the tuple every datagram from WireGuard is copied through) and reads the server's
 replies from it (server -> WireGuard). On the way out - cancelled, or told by the pump that the
 socket failed - the task has the pump let go of the socket, then closes it.
@@ -19,6 +20,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +28,9 @@ from typing import Any
 
 import trio
 
-from engarde.core.client import ClientCore, UplinkPlan
+from engarde.core.addr import format_address
+from engarde.core.client import ClientCore, PathKey, UplinkPlan
+from engarde.core.copies import LinkQuality
 from engarde.core.stats import LinkStats
 from engarde.net.pump import Batch, Handler, Pump
 from engarde.net.sockets import (
@@ -42,30 +46,32 @@ logger = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.05  # then doubling: 0.1, 0.2, ... up to RETRY_MAX_S
 RETRY_MAX_S = 10.0
 
-# (bound sendto, destination, the link's counters): what the WireGuard-side loop needs per copy.
-Target = tuple[Callable[[Any, Any], int], tuple[str, int], LinkStats]
+# (bound sendto, destination, the path's counters): what the WireGuard-side loop needs per copy.
+Target = tuple[Callable[[Any, Any], int], tuple[Any, ...], LinkStats]
 
 
 class Fanout:
-    """The uplinks every datagram from WireGuard is copied to. Used only in the pump thread."""
+    """The paths every datagram from WireGuard is copied to. Used only in the pump thread."""
 
     def __init__(self) -> None:
-        self._by_index: dict[int, Target] = {}
+        self._by_key: dict[PathKey, Target] = {}
         self.targets: tuple[Target, ...] = ()
 
-    def add(self, index: int, target: Target) -> None:
-        self._by_index[index] = target
-        self.targets = tuple(self._by_index.values())
+    def add(self, key: PathKey, target: Target) -> None:
+        self._by_key[key] = target
+        self.targets = tuple(self._by_key.values())
 
-    def remove(self, index: int, target: Target) -> None:
-        """Remove `target` if it is still the one registered for `index`.
+    def remove(self, key: PathKey, target: Target) -> bool:
+        """Remove `target` if it is still the one registered for `key` (True if it was).
 
-        On an address change the new uplink task registers its socket before the cancelled
-        old task gets to clean up: the old task must not remove the new socket.
+        On a plan change the new path task registers its socket before the cancelled old task
+        gets to clean up: the old task must not remove the new socket.
         """
-        if self._by_index.get(index) is target:
-            del self._by_index[index]
-            self.targets = tuple(self._by_index.values())
+        if self._by_key.get(key) is target:
+            del self._by_key[key]
+            self.targets = tuple(self._by_key.values())
+            return True
+        return False
 
 
 def wake_channel() -> tuple[Callable[[], None], trio.MemoryReceiveChannel[None]]:
@@ -85,6 +91,7 @@ class _Running:
     scope: trio.CancelScope
     started_at: float
     ended: bool = False
+    replaces: _Running | None = None  # same path, old plan: cancelled once this one attached
 
 
 @dataclass
@@ -104,9 +111,9 @@ async def run_link_supervisor(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Start, stop and retry uplink tasks so that they match `core.wanted()`. Runs forever."""
-    running: dict[int, _Running] = {}
-    retries: dict[int, _Retry] = {}
+    """Start, stop and retry path tasks so that they match `core.wanted()`. Runs forever."""
+    running: dict[PathKey, _Running] = {}
+    retries: dict[PathKey, _Retry] = {}
     uplink = _Uplink(core, pump, fanout, wg_sock)
 
     async with trio.open_nursery() as nursery:
@@ -116,26 +123,32 @@ async def run_link_supervisor(
                 logger.info("%s", line)
             now = time.monotonic()
             wanted = core.wanted()
-            for index, link in list(running.items()):
+            for key, link in list(running.items()):
                 if link.ended:
-                    del running[index]
-                    # A link that ran a while before failing starts its backoff afresh.
-                    last = retries.get(index)
+                    del running[key]
+                    # A path that ran a while before failing starts its backoff afresh.
+                    last = retries.get(key)
                     backoff = RETRY_FIRST_S
                     if last is not None and now - link.started_at < RETRY_MAX_S:
                         backoff = min(RETRY_MAX_S, last.backoff_s * 2)
-                    retries[index] = _Retry(link.plan, now + backoff, backoff)
-                elif wanted.get(index) != link.plan:
-                    link.scope.cancel()
-                    del running[index]
-            for index, retry in list(retries.items()):
-                if wanted.get(index) != retry.plan:
-                    del retries[index]  # gone, or a new plan (new address): try that at once
-            for index, plan in wanted.items():
-                pending = retries.get(index)
-                if index in running or (pending is not None and pending.at > now):
+                    retries[key] = _Retry(link.plan, now + backoff, backoff)
+                elif wanted.get(key) != link.plan:
+                    del running[key]
+                    plan = wanted.get(key)
+                    if plan is None:
+                        link.scope.cancel()
+                    else:  # same path, new destination: the new socket first, then the old goes
+                        successor = running[key] = _Running(plan, trio.CancelScope(), now)
+                        successor.replaces = link
+                        nursery.start_soon(_run_uplink_task, uplink, plan, successor, poke)
+            for key, retry in list(retries.items()):
+                if wanted.get(key) != retry.plan:
+                    del retries[key]  # gone, or a new plan (new destination): try that at once
+            for key, plan in wanted.items():
+                pending = retries.get(key)
+                if key in running or (pending is not None and pending.at > now):
                     continue
-                link = running[index] = _Running(plan, trio.CancelScope(), now)
+                link = running[key] = _Running(plan, trio.CancelScope(), now)
                 nursery.start_soon(_run_uplink_task, uplink, plan, link, poke)
             next_retry = min((r.at for r in retries.values() if r.at > now), default=None)
             timeout = float("inf") if next_retry is None else next_retry - now
@@ -156,30 +169,40 @@ class _Uplink:
 async def _run_uplink_task(
     uplink: _Uplink, plan: UplinkPlan, entry: _Running, poke: Callable[[], None]
 ) -> None:
+    def retire_predecessor() -> None:
+        if entry.replaces is not None:
+            entry.replaces.scope.cancel()
+            entry.replaces = None
+
     try:
         with entry.scope:
-            await run_uplink(uplink, plan)
+            await run_uplink(uplink, plan, on_attached=retire_predecessor)
     finally:
+        retire_predecessor()  # failed before attaching: the old plan's socket goes anyway
         if not entry.scope.cancel_called:
             entry.ended = True
             poke()
 
 
-async def run_uplink(uplink: _Uplink, plan: UplinkPlan) -> None:
-    """One uplink: make its socket, carry copies until cancelled or the socket fails.
+async def run_uplink(
+    uplink: _Uplink, plan: UplinkPlan, on_attached: Callable[[], None] = lambda: None
+) -> None:
+    """One path: make its socket, carry copies until cancelled or the socket fails.
+    `on_attached` runs once the socket carries copies (the pump took it).
 
     Returns (after logging a WARNING and telling the core) when the socket cannot be made or
     fails; the supervisor retries later. Cancellation is the normal way out.
     """
     core, pump, fanout = uplink.core, uplink.pump, uplink.fanout
     try:
-        dst = await resolve_udp(plan.dst, what=f"dstAddr for {plan.name}")
+        dst = await resolve_udp(plan.dst, what=f"dstAddr for {plan.name}", family=plan.family)
         sock = open_uplink_socket(plan.name, plan.source_ip, core.port_hint(plan))
     except SocketSetupError as exc:
-        news = core.link_failed(plan.index, exc.errno_name or str(exc), time.monotonic())
+        news = core.link_failed(plan, exc.errno_name or str(exc), time.monotonic())
         logger.log(logging.WARNING if news else logging.DEBUG, "%s; will retry", exc)
         return
-    stats = core.stats_for(plan.index)
+    path = core.path_for(plan)
+    stats, quality = path.stats, path.quality
     target: Target = (sock.sendto, dst, stats)
     port = sock.getsockname()[1]
     token = trio.lowlevel.current_trio_token()
@@ -188,7 +211,8 @@ async def run_uplink(uplink: _Uplink, plan: UplinkPlan) -> None:
 
     def detach() -> None:  # in the pump thread
         pump.unregister(sock)
-        fanout.remove(plan.index, target)
+        if fanout.remove(plan.key, target):
+            core.link_stopped(quality, time.monotonic())
 
     def on_error(exc: OSError) -> None:  # in the pump thread, from the handler
         detach()
@@ -196,20 +220,25 @@ async def run_uplink(uplink: _Uplink, plan: UplinkPlan) -> None:
         with contextlib.suppress(trio.RunFinishedError):
             token.run_sync_soon(failure.set)
 
-    handler = uplink_handler(sock, dst, stats, core, uplink.wg_sock, on_error)
+    handler = uplink_handler(sock, dst, stats, quality, core, uplink.wg_sock, on_error)
 
     def attach() -> None:  # in the pump thread
         pump.register(sock, handler)
-        fanout.add(plan.index, target)
+        fanout.add(plan.key, target)
+        core.link_carrying(quality, time.monotonic())
 
     try:
-        core.link_opened(plan, port, f"{dst[0]}:{dst[1]}", time.monotonic())
-        logger.debug("%s: socket %s:%d -> %s:%d", plan.name, plan.source_ip, port, *dst)
+        shown_dst = format_address(dst)
+        core.link_opened(plan, port, shown_dst, time.monotonic())
+        logger.debug(
+            "%s: socket %s -> %s", plan.name, format_address((plan.source_ip, port)), shown_dst
+        )
         await pump.call(attach)
+        on_attached()
         await failure.wait()
         error = failed[0]
         name = errno.errorcode.get(error.errno or 0, str(error.errno))
-        news = core.link_failed(plan.index, name, time.monotonic())
+        news = core.link_failed(plan, name, time.monotonic())
         logger.log(
             logging.WARNING if news else logging.DEBUG,
             "%s: uplink socket failed: %s; will retry",
@@ -221,34 +250,46 @@ async def run_uplink(uplink: _Uplink, plan: UplinkPlan) -> None:
             await pump.call(detach)  # shielded: the pump lets go of the socket before it closes
         finally:
             sock.close()
-            core.link_closed(plan.index, port)
+            core.link_closed(plan, port, time.monotonic())
+
+
+_DATA_HEADER = struct.Struct("<IQ")  # receiver index, counter: at byte 4 of transport data
+_NOT_RESERVED = b"\0\0\0"
 
 
 def uplink_handler(
     sock: socket.socket,
-    server: tuple[str, int],
+    server: tuple[Any, ...],
     stats: LinkStats,
+    quality: LinkQuality,
     core: ClientCore,
     wg_sock: socket.socket,
     on_error: Callable[[OSError], None],
 ) -> Handler:
     """Server -> WireGuard for one uplink: drains up to a batch per call, in the pump thread.
 
-    Uplinks send from IPv4 addresses only, so a source is an (ip, port) pair comparable with
-    `server` as it is. A receive error other than "nothing more" ends the uplink: `on_error`.
+    `server` is the address exactly as the socket reports sources (an (ip, port) pair, or the
+    IPv6 4-tuple), so a source compares with it as it is. A receive error other than "nothing
+    more" ends the path: `on_error`. Every transport-data copy goes through the core's copy
+    tracker (per-path quality); an exact copy of one already handed to WireGuard is dropped
+    unless `dedup: false` (read per batch: a reload may change it).
     """
     buf = bytearray(RECV_BYTES)
     view = memoryview(buf)
     recv = sock.recvfrom_into
     send_to_wg = wg_sock.sendto
     relay = core.stats
-    check_source = core.config.dropForeignSources
+    see = core.tracker.see
+    header = _DATA_HEADER.unpack_from
     monotonic = time.monotonic
 
     batch = Batch()
 
     def drain() -> None:
         accepted = 0
+        now = monotonic()
+        check_source = core.drop_foreign
+        dedup = core.dedup
         for _ in range(batch.limit):
             try:
                 n, src = recv(buf)
@@ -267,6 +308,12 @@ def uplink_handler(
             accepted += 1
             stats.rx_datagrams += 1
             stats.rx_bytes += n
+            # Transport data (type 4, reserved bytes zero, 32 + 16k bytes): one copy of many.
+            if buf[0] == 4 and n >= 32 and not n & 15 and buf[1:4] == _NOT_RESERVED:
+                index, counter = header(buf, 4)
+                if not see(index, counter, buf[n - 16 : n], quality, now) and dedup:
+                    relay.duplicates_dropped += 1
+                    continue
             peer = core.wg_peer
             if peer is None:
                 stats.rx_no_peer += 1
@@ -282,7 +329,7 @@ def uplink_handler(
         else:
             batch.filled()
         if accepted:
-            stats.last_rx = monotonic()  # once per batch, not per datagram
+            stats.last_rx = now  # once per batch, not per datagram
 
     return drain
 
