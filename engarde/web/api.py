@@ -63,6 +63,30 @@ def register(app: QuartTrio, dashboard: Dashboard) -> None:
     async def status() -> Response:
         return jsonify(dashboard.status())
 
+    @app.get("/api/v2/reload")
+    async def reload_preview() -> Response:
+        """What a reload would change (the file as it is now against the running config)."""
+        return await _reload(dry_run=True)
+
+    @app.post("/api/v2/reload")
+    async def reload() -> Response:
+        _refuse_cross_site()
+        answer = await _reload(dry_run=False)
+        logger.info("web: reload from %s -> %s", _peer(), answer.status_code)
+        return answer
+
+    async def _reload(dry_run: bool) -> Response:
+        if dashboard.reload is None:
+            raise ApiError(404, "reload is not available here")
+        outcome = await dashboard.reload(dry_run)
+        doc = outcome.as_json()
+        response = jsonify(doc)
+        if not outcome.ok:
+            doc["error"] = "the config file has problems; the running config stays"
+            response = jsonify(doc)
+            response.status_code = 422
+        return response
+
     @app.get("/api/v2/history")
     async def history() -> Response:
         return jsonify(dashboard.history.as_json(dashboard.period_s))

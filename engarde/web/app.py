@@ -20,7 +20,7 @@ from engarde.config import WebManagerConfig
 from engarde.web import api
 from engarde.web.api import ApiError
 from engarde.web.auth import CHALLENGE, credentials_ok
-from engarde.web.live import Clock, Core, Dashboard
+from engarde.web.live import Clock, Core, Dashboard, Reload
 from engarde.web.metrics import make_registry
 from engarde.web.pacing import Pacer
 
@@ -57,19 +57,21 @@ def create_app(
     *,
     clock: Clock = time.monotonic,
     pacer: Pacer | None = None,
+    reload: Reload | None = None,
 ) -> QuartTrio:
     """The dashboard app for a ClientCore or ServerCore (TypeError for anything else).
 
-    ``config`` None means no authentication (as a webManager without username/password).
-    ``pacer`` spreads requests out (engarde.web.pacing); the default admits 20/s, bursts of 40.
+    ``config`` None means no authentication (as a webManager without username/password); a
+    reload may change the credentials later (``dashboard.web``). ``pacer`` spreads requests out
+    (engarde.web.pacing); the default admits 20/s, bursts of 40. ``reload`` re-reads the
+    config file (engarde.net.reload), for ``/api/v2/reload``; None: not offered.
     """
-    dashboard = Dashboard(core, clock=clock)
+    dashboard = Dashboard(core, clock=clock, web=config, reload=reload)
     app = EngardeApp(__name__, static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["SEND_FILE_MAX_AGE_DEFAULT"] = None  # revalidate: an upgrade shows at once
     app.extensions[EXTENSION_KEY] = dashboard
     registry = make_registry(dashboard)
-    auth = config if config is not None and config.auth_enabled else None
     pace = pacer if pacer is not None else Pacer()
 
     @app.before_request
@@ -82,7 +84,8 @@ def create_app(
             return response
         if wait > 0:
             await trio.sleep(wait)
-        if auth is None:
+        auth = dashboard.web
+        if auth is None or not auth.auth_enabled:
             return None
         if credentials_ok(request.headers.get("Authorization"), auth.username, auth.password):
             return None

@@ -1,13 +1,15 @@
 """Traffic history for the dashboard's plots: a ring buffer of per-second deltas.
 
 Theory of operation: the dashboard's sampler hands `History.add` the cumulative counters of every
-link (client) or client address (server) once a period. The history stores what changed since
-the previous sample, per key, for the last `capacity` samples; nothing else in engarde keeps
-history, and the relay never waits for this. Keys whose counters did not move are left out of a
-sample (zero), which keeps a flood of one-shot junk source addresses on the server cheap.
+link (client) or client address (server) once a period: what it sent and received, and what its
+copies were worth (won, late, lost, saved: engarde.web.quality). The history stores what changed
+since the previous sample, per key, for the last `capacity` samples; nothing else in engarde
+keeps history, and the relay never waits for this. Keys whose counters did not move are left out
+of a sample (zero), which keeps a flood of one-shot junk source addresses on the server cheap.
 
 Counters start over when an interface is re-created or a client address comes back; when any
-counter of a key went down, all of its counters are taken as a fresh start (delta = value).
+traffic counter of a key went down, all of its traffic counters are taken as a fresh start
+(delta = value), and the same for its copy counters.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from engarde.web.views import Totals
+from engarde.web.views import TOTALS_FIELDS, Totals
 
 DEFAULT_CAPACITY = 300  # samples: five minutes at one per second
+_GROUPS = ((0, 4), (4, 8))  # traffic counters, copy counters: each group starts over together
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +31,9 @@ class Sample:
     seq: int
     t: float
     dt: float
-    deltas: dict[str, tuple[int, int, int, int]]  # (tx bytes, rx bytes, tx dgrams, rx dgrams)
+    # per key, in the order of TOTALS_FIELDS: tx bytes, rx bytes, tx dgrams, rx dgrams,
+    # copies won, late, lost, saved
+    deltas: dict[str, tuple[int, ...]]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -60,20 +65,9 @@ class History:
         self._totals, self._last_t = dict(totals), t
         if last_t is None:
             return None
-        deltas: dict[str, tuple[int, int, int, int]] = {}
+        deltas: dict[str, tuple[int, ...]] = {}
         for key, now in totals.items():
-            before = previous.get(key)
-            if before is None or any(n < b for n, b in zip(now, before, strict=True)):
-                # A new link or client address, or its counters started over (they reset
-                # together): everything they show is recent.
-                delta = now
-            else:
-                delta = (
-                    now[0] - before[0],
-                    now[1] - before[1],
-                    now[2] - before[2],
-                    now[3] - before[3],
-                )
+            delta = _delta(now, previous.get(key))
             if any(delta):
                 deltas[key] = delta
         self._seq += 1
@@ -88,6 +82,20 @@ class History:
         return {
             "periodSeconds": period_s,
             "capacity": self.capacity,
-            "fields": ["txBytes", "rxBytes", "txDatagrams", "rxDatagrams"],
+            "fields": list(TOTALS_FIELDS),
             "samples": [s.as_json() for s in self.samples],
         }
+
+
+def _delta(now: tuple[int, ...], before: tuple[int, ...] | None) -> tuple[int, ...]:
+    if before is None or len(before) != len(now):
+        return now  # a new link or client address: everything it shows is recent
+    out: list[int] = []
+    for start, end in _GROUPS:
+        group = zip(now[start:end], before[start:end], strict=True)
+        pairs = list(group)
+        if any(n < b for n, b in pairs):
+            out.extend(n for n, _ in pairs)  # started over (they reset together)
+        else:
+            out.extend(n - b for n, b in pairs)
+    return tuple(out)

@@ -1,12 +1,14 @@
-"""The dashboard's state: the core it looks at, the traffic history and the live event stream.
+"""The dashboard's state: the core it looks at, the traffic history, the checkpoints of the
+links' copy counters (for "the last minute") and the live event stream.
 
 Theory of operation: `Dashboard` is the only object of the web side that talks to the core. It
 reads with ``core.snapshot(clock())`` and changes state with the core's exclusion commands;
 nothing else (no sockets, no relay internals). Once a period `run_sampler` takes one snapshot,
-adds a history sample and publishes one ready-serialised server-sent event to every open page,
-so the cost of a tick does not grow with the number of pages, and a page costs the relay one
-socket write per second. An exclusion command publishes an extra event at once, so the page
-shows the change without waiting for the next tick.
+adds a history sample and a quality checkpoint (engarde.web.quality) and publishes one
+ready-serialised server-sent event to every open page, so the cost of a tick does not grow with
+the number of pages, and a page costs the relay one socket write per second. An exclusion
+command publishes an extra event at once, so the page shows the change without waiting for the
+next tick.
 
 `Broadcast` keeps only the latest event: a page that falls behind skips to the newest status
 (each event carries the whole status) instead of queueing memory in the daemon.
@@ -17,26 +19,41 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import trio
 
 from engarde import __version__
+from engarde.config import WebManagerConfig
 from engarde.core.client import ClientCore
 from engarde.core.server import ServerCore
 from engarde.diagnostics import process_stats
 from engarde.web import views
 from engarde.web.history import DEFAULT_CAPACITY, History, Sample
+from engarde.web.quality import QualityWindow
 
 logger = logging.getLogger(__name__)
 
 Core = ClientCore | ServerCore
 Clock = Callable[[], float]
 
+
+class ReloadOutcome(Protocol):
+    """What a reload answers (engarde.net.reload.ReloadResult)."""
+
+    ok: bool
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
+Reload = Callable[[bool], Awaitable[ReloadOutcome]]
+"""Re-read the config file and apply it (argument True: only say what would change)."""
+
 PERIOD_S = 1.0
 MAX_STREAMS = 32  # open event streams (pages); more get 503
-STREAM_CLIENTS_SHOWN = 128  # server role: client addresses per event (the API has them all)
+STREAM_CLIENTS_SHOWN = 128  # server role: proven client addresses per event (the API has all)
+STREAM_PENDING_SHOWN = 32  # server role: unproven addresses per event
 RETRY_MS = 2000  # EventSource reconnect delay after a lost connection
 
 
@@ -77,15 +94,20 @@ class Dashboard:
         clock: Clock,
         period_s: float = PERIOD_S,
         history_capacity: int = DEFAULT_CAPACITY,
+        web: WebManagerConfig | None = None,
+        reload: Reload | None = None,
     ) -> None:
         if not isinstance(core, ClientCore | ServerCore):
             raise TypeError(f"expected a ClientCore or ServerCore, got {type(core).__name__}")
         self.core = core
         self.clock = clock
+        self.web = web  # the credentials in force (a reload may change them)
+        self.reload = reload
         self.role = "client" if isinstance(core, ClientCore) else "server"
         self.version = __version__
         self.period_s = period_s
         self.history = History(history_capacity)
+        self.quality = QualityWindow()  # where "the last minute" of each link's copies starts
         self.broadcast = Broadcast()
         self.open_streams = 0
 
@@ -106,14 +128,16 @@ class Dashboard:
         return views.server_get_list(snap, self.version)
 
     def status(self, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The v2 document, with the rates of the latest history sample."""
+        """The v2 document, with the rates of the latest history sample and the links' copy
+        figures over the last minute."""
         snap = snapshot if snapshot is not None else self.snapshot()
         latest = self.history.latest()
         rates = latest.rates() if latest is not None else {}
+        baseline = self.quality.baseline(snap["uptime"])
         if self.role == "client":
-            doc = views.client_status(snap, self.version, rates)
+            doc = views.client_status(snap, self.version, rates, baseline)
         else:
-            doc = views.server_status(snap, self.version, rates)
+            doc = views.server_status(snap, self.version, rates, baseline)
         doc["process"] = process_stats()  # tasks, open fds, RSS: leaks show here first
         return doc
 
@@ -146,6 +170,7 @@ class Dashboard:
         """One tick: snapshot, history sample, event to every page."""
         snap = self.snapshot()
         sample = self.history.add(snap["uptime"], views.traffic_totals(snap))
+        self.quality.add(snap["uptime"], views.quality_totals(snap))
         self.publish(snap, sample)
         return sample
 
@@ -163,14 +188,51 @@ class Dashboard:
         return f"retry: {RETRY_MS}\n" + sse("snapshot", data)
 
     def _stream_status(self, status: dict[str, Any]) -> dict[str, Any]:
-        clients = status.get("clients")
-        if clients is not None and len(clients) > STREAM_CLIENTS_SHOWN:
-            status = dict(status, clients=clients[:STREAM_CLIENTS_SHOWN])
-            status["clientsOmitted"] = len(clients) - STREAM_CLIENTS_SHOWN
-        return status
+        if status["type"] != "server":
+            return status
+        return cap_server_status(status, STREAM_CLIENTS_SHOWN, STREAM_PENDING_SHOWN)
 
     def close(self) -> None:
         self.broadcast.close()
+
+
+def cap_server_status(status: dict[str, Any], addresses: int, pending: int) -> dict[str, Any]:
+    """The server's v2 status with at most ``addresses`` proven addresses and ``pending``
+    unproven ones, for the event stream (a page need not carry a flood's worth of entries).
+
+    The most recently heard clients keep all their addresses; a client is shown whole or, when
+    it alone has more than is left, with its most recently heard addresses. Clients keep their
+    order (the page does not reshuffle). ``clientsOmitted``, ``pendingOmitted`` and a client's
+    ``addressesOmitted`` say what was left out.
+    """
+    groups: list[dict[str, Any]] = status["clients"]
+    waiting: list[dict[str, Any]] = status["pending"]
+    if sum(len(g["addresses"]) for g in groups) <= addresses and len(waiting) <= pending:
+        return status
+    budget = addresses
+    shown: dict[int, dict[str, Any]] = {}
+    for position in sorted(range(len(groups)), key=lambda i: _age_key(groups[i])):
+        if budget <= 0:
+            break
+        group = groups[position]
+        listed = group["addresses"]
+        if len(listed) > budget:
+            newest = {id(a) for a in sorted(listed, key=_age_key)[:budget]}
+            kept = [a for a in listed if id(a) in newest]
+            group = dict(group, addresses=kept, addressesOmitted=len(listed) - len(kept))
+        budget -= len(group["addresses"])
+        shown[position] = group
+    capped = dict(status)
+    capped["clients"] = [shown[i] for i in sorted(shown)]
+    capped["clientsOmitted"] = len(groups) - len(shown)
+    capped["pending"] = waiting[:pending]  # most recently heard first
+    capped["pendingOmitted"] = max(0, len(waiting) - pending)
+    return capped
+
+
+def _age_key(item: dict[str, Any]) -> float:
+    age = item["lastReceivedAge"]
+    return math.inf if age is None else float(age)
 
 
 class RoleError(Exception):

@@ -51,6 +51,7 @@ async def run_dashboard(
     core: Core,
     config: WebManagerConfig,
     *,
+    reloader: Any = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the dashboard on ``config.listenAddr`` until cancelled.
@@ -63,8 +64,16 @@ async def run_dashboard(
         host, port = parse_host_port(listen)
     except ValueError as exc:
         raise DashboardError(f"cannot serve the dashboard on {listen}: {exc}") from None
-    app = create_app(core, config)
+    reload = None
+    if reloader is not None:  # engarde.net.reload.Reloader (the web layer does not import net)
+
+        async def reload(dry_run: bool) -> Any:
+            return await reloader.reload(dry_run=dry_run, why="dashboard")
+
+    app = create_app(core, config, reload=reload)
     dashboard = dashboard_of(app)
+    if reloader is not None:
+        reloader.on_applied(lambda section: setattr(dashboard, "web", section.webManager))
     hconfig = _hypercorn_config(host, port)
     stop = trio.Event()
     shield = trio.CancelScope(shield=True)

@@ -6,7 +6,10 @@ This module reshapes it into
 * the v1 documents, exactly the Go original's ``/api/v1/get-list`` fields (the OpenWrt LuCI app
   and users' scripts parse them), and
 * the v2 status document, which says per link *why* it is (not) carrying copies, what it sent,
-  received and dropped, and whether it "went quiet" while the others still receive.
+  received and dropped, whether it "went quiet" while the others still receive, and what its
+  copies are worth (first arrivals, loss, lag, datagrams only it delivered: engarde.web.quality).
+  On the server, client addresses are grouped under their client (one per WireGuard peer, as
+  the core groups them); addresses not proven yet are listed apart as ``pending``.
 
 Field names of the core's snapshot are read in one place each, so a renamed core field breaks the
 web tests instead of silently turning into ``null`` in the API.
@@ -16,6 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from engarde.web import quality
+from engarde.web.quality import Baseline
 
 JSON = dict[str, Any]
 
@@ -85,7 +91,9 @@ _REASONS = {
     "starting": "opening its socket",
     "admin-down": "interface is administratively down",
     "no-carrier": "no carrier (cable unplugged, modem or peer down)",
-    "no-address": "no usable IPv4 address",
+    "no-address": "no usable address (see addressFamilies)",
+    "tentative": "its address is not ready yet (IPv6 duplicate address detection)",
+    "no-destination": "no server address for its address family (dstAddr / dstAddrV6)",
     "gone": "interface removed",
 }
 
@@ -93,7 +101,8 @@ _REASONS = {
 def link_state(link: JSON) -> tuple[str, str]:
     """(state, reason) of one client link: a short machine word and a sentence for humans.
 
-    state is one of: up, starting, error, admin-down, no-carrier, no-address, excluded.
+    state is one of: up, starting, error, admin-down, no-carrier, no-address, tentative,
+    no-destination, excluded.
     """
     raw: str = link["reason"]
     if effectively_excluded(link):
@@ -111,23 +120,31 @@ def link_state(link: JSON) -> tuple[str, str]:
     return raw, _REASONS.get(raw, raw)
 
 
-def client_status(snapshot: JSON, version: str, rates: Rates | None = None) -> JSON:
-    """``GET /api/v2/status`` for the client role."""
+def client_status(
+    snapshot: JSON, version: str, rates: Rates | None = None, baseline: Baseline | None = None
+) -> JSON:
+    """``GET /api/v2/status`` for the client role. ``baseline``: where "the last minute" of
+    the links' copy figures starts (engarde.web.quality; None: since the start)."""
     rates = rates or {}
-    links = [_client_link(link, rates) for link in snapshot["interfaces"]]
+    base = baseline if baseline is not None else quality.since_start(snapshot["uptime"])
+    links = [_client_link(link, rates, base) for link in snapshot["interfaces"]]
     _mark_quiet(links)
+    quality.add_shares(link["quality"] for link in links)
     counters = dict(snapshot["counters"])
     return {
         **_identity(snapshot, version),
         "wireguardPeer": snapshot["wireguardPeer"],
         "uptime": round(snapshot["uptime"], 3),
         "activeLinks": sum(1 for link in links if link["status"] == "active"),
+        "dedup": snapshot["dedup"],
+        "duplicatesDropped": counters["duplicates_dropped"],
         "counters": counters,
+        "tracker": dict(snapshot["tracker"]),
         "links": links,
     }
 
 
-def _client_link(link: JSON, rates: Rates) -> JSON:
+def _client_link(link: JSON, rates: Rates, baseline: Baseline) -> JSON:
     c = link["counters"]
     state, reason = link_state(link)
     excluded = effectively_excluded(link)
@@ -174,6 +191,37 @@ def _client_link(link: JSON, rates: Rates) -> JSON:
                 "buffer_full": c["rx_dropped_full"],
             },
         },
+        "quality": quality.link_quality(link["quality"], baseline, link["name"]),
+        "families": _active_families(link),
+        "paths": [_client_path(link["name"], p, baseline) for p in link.get("paths", ())],
+    }
+
+
+def _active_families(link: JSON) -> list[str]:
+    return sorted({p["family"] for p in link.get("paths", ()) if p["status"] == "active"})
+
+
+def path_key(name: str, address: str) -> str:
+    """The key of one path of a client link in the quality window: interface/address."""
+    return f"{name}/{address}"
+
+
+def _client_path(name: str, path: JSON, baseline: Baseline) -> JSON:
+    """One path of a link: a source address of the interface (its family) and its socket."""
+    c = path["counters"]
+    key = path_key(name, path["address"])
+    return {
+        "address": path["address"],
+        "family": path["family"],
+        "status": path["status"],
+        "localPort": path["localPort"],
+        "dstAddress": path["dstAddress"],
+        "dstResolved": path["dstResolved"],
+        "lastError": path["lastError"],
+        "lastReceivedAge": _age(path["lastReceivedAge"]),
+        "tx": {"datagrams": c["tx_datagrams"], "bytes": c["tx_bytes"]},
+        "rx": {"datagrams": c["rx_datagrams"], "bytes": c["rx_bytes"]},
+        "quality": quality.link_quality(path["quality"], baseline, key),
     }
 
 
@@ -191,41 +239,96 @@ def _mark_quiet(links: Sequence[JSON]) -> None:
         link["quiet"] = any(hearing(other) for other in active if other is not link)
 
 
-def server_status(snapshot: JSON, version: str, rates: Rates | None = None) -> JSON:
-    """``GET /api/v2/status`` for the server role."""
+def server_status(
+    snapshot: JSON, version: str, rates: Rates | None = None, baseline: Baseline | None = None
+) -> JSON:
+    """``GET /api/v2/status`` for the server role: client addresses grouped under their client
+    (one per WireGuard peer), and the addresses not proven yet apart."""
     rates = rates or {}
-    clients = [_server_client(s, rates) for s in snapshot["sockets"]]
+    base = baseline if baseline is not None else quality.since_start(snapshot["uptime"])
+    proven: dict[str, JSON] = {}
+    pending: list[JSON] = []
+    for sock in snapshot["sockets"]:
+        if sock["confirmed"]:
+            proven[sock["address"]] = sock
+        else:
+            pending.append(_pending_address(sock, rates))
+    groups = [_client_group(group, proven, rates, base) for group in snapshot["clients"]]
+    counters = dict(snapshot["counters"])
     return {
         **_identity(snapshot, version),
-        "upstreamAddress": snapshot.get("upstreamAddress", ""),
+        "upstreamAddress": snapshot["upstreamAddress"],
         "clientTimeout": snapshot["clientTimeout"],
         "maxClients": snapshot["maxClients"],
-        "relayNonWireGuard": snapshot.get("relayNonWireGuard", True),
+        "maxPeers": snapshot["maxPeers"],
+        "relayNonWireGuard": snapshot["relayNonWireGuard"],
+        "dedup": snapshot["dedup"],
         "uptime": round(snapshot["uptime"], 3),
-        "clientsAlive": sum(1 for c in clients if c["state"] == "alive"),
-        "clientsPending": sum(1 for c in clients if c["state"] == "pending"),
-        "counters": dict(snapshot["counters"]),
-        "clients": clients,
+        "clientsAlive": sum(1 for g in groups if g["addressesAlive"]),
+        "addressesAlive": sum(g["addressesAlive"] for g in groups),
+        "addressesPending": len(pending),
+        "duplicatesDropped": counters["duplicates_dropped"],
+        "probesOpen": snapshot["probesOpen"],
+        "counters": counters,
+        "clients": groups,
+        "pending": pending,
     }
 
 
-def _server_client(sock: JSON, rates: Rates) -> JSON:
+def _client_group(group: JSON, proven: Mapping[str, JSON], rates: Rates, base: Baseline) -> JSON:
+    # The snapshot copies the address and client tables one after the other while the relay
+    # runs: an address proven in between is in one list only. Show what both agree on.
+    addresses = [
+        _proven_address(proven[address], rates, base)
+        for address in group["addresses"]
+        if address in proven
+    ]
+    quality.add_shares(a["quality"] for a in addresses)
+    rx, tx = _zero_rx(), _zero_tx()
+    for a in addresses:
+        for key in ("datagrams", "bytes", "bytesPerSecond"):
+            rx[key] += a["rx"][key]
+            tx[key] += a["tx"][key]
+        tx["dropped"]["buffer_full"] += a["tx"]["dropped"]["buffer_full"]
+        tx["dropped"]["error"] += a["tx"]["dropped"]["error"]
+    gone = group.get("gone", {})
+    for way, totals in (("rx", rx), ("tx", tx)):
+        totals["datagrams"] += gone.get(f"{way}_datagrams", 0)
+        totals["bytes"] += gone.get(f"{way}_bytes", 0)
+    rx["bytesPerSecond"] = round(rx["bytesPerSecond"], 1)
+    tx["bytesPerSecond"] = round(tx["bytesPerSecond"], 1)
+    return {
+        "id": group["id"],
+        "label": group["label"],
+        "firstSeenAge": _age(group["firstSeenAge"]),
+        "lastReceivedAge": _age(group["lastReceivedAge"]),
+        "sessions": list(group["sessions"]),
+        "peerSessions": list(group["peerSessions"]),
+        "upstream": group["upstream"],
+        "addressesAlive": sum(1 for a in addresses if a["state"] == "alive"),
+        "duplicatesDropped": group["duplicatesDropped"],
+        "tracker": dict(group["tracker"]),
+        "rx": rx,
+        "tx": tx,
+        "quality": quality.summed(a["quality"] for a in addresses),
+        "addresses": addresses,
+    }
+
+
+def _proven_address(sock: JSON, rates: Rates, base: Baseline) -> JSON:
     c = sock["counters"]
     tx_rate, rx_rate = rates.get(sock["address"], (0.0, 0.0))
     return {
         "address": sock["address"],
+        "family": "ipv6" if sock["address"].startswith("[") else "ipv4",
         "localAddress": sock["localAddress"],
-        "state": server_client_state(sock),
-        "alive": sock["alive"],
-        "confirmed": sock.get("confirmed", True),
+        "state": server_address_state(sock),
+        "provenBy": sock["provenBy"],
+        "probe": sock["probe"],
         "last": int(sock["lastReceivedAge"]),
         "lastReceivedAge": _age(sock["lastReceivedAge"]),
         "firstSeenAge": _age(sock["firstSeenAge"]),
-        "rx": {
-            "datagrams": c["rx_datagrams"],
-            "bytes": c["rx_bytes"],
-            "bytesPerSecond": round(rx_rate, 1),
-        },
+        "rx": _rx(c, rx_rate),
         "tx": {
             "datagrams": c["tx_datagrams"],
             "bytes": c["tx_bytes"],
@@ -233,45 +336,107 @@ def _server_client(sock: JSON, rates: Rates) -> JSON:
             "dropped": {"buffer_full": c["tx_dropped_full"], "error": c["tx_errors"]},
             "lastErrno": c["last_tx_errno"],
         },
+        "quality": quality.link_quality(sock["quality"], base, sock["address"]),
     }
 
 
-def server_client_state(sock: JSON) -> str:
-    """alive: gets WireGuard's replies; pending: seen, but not yet proven to carry a WireGuard
-    session of ours (gets handshakes only); expired: silent longer than clientTimeout."""
-    if not sock["alive"]:
-        return "expired"
-    return "alive" if sock.get("confirmed", True) else "pending"
+def _pending_address(sock: JSON, rates: Rates) -> JSON:
+    _, rx_rate = rates.get(sock["address"], (0.0, 0.0))
+    return {
+        "address": sock["address"],
+        "localAddress": sock["localAddress"],
+        "probe": sock["probe"],
+        "last": int(sock["lastReceivedAge"]),
+        "lastReceivedAge": _age(sock["lastReceivedAge"]),
+        "firstSeenAge": _age(sock["firstSeenAge"]),
+        "rx": _rx(sock["counters"], rx_rate),
+    }
+
+
+def _rx(c: JSON, rate: float) -> JSON:
+    return {
+        "datagrams": c["rx_datagrams"],
+        "bytes": c["rx_bytes"],
+        "bytesPerSecond": round(rate, 1),
+    }
+
+
+def _zero_rx() -> JSON:
+    return {"datagrams": 0, "bytes": 0, "bytesPerSecond": 0.0}
+
+
+def _zero_tx() -> JSON:
+    return {
+        "datagrams": 0,
+        "bytes": 0,
+        "bytesPerSecond": 0.0,
+        "dropped": {"buffer_full": 0, "error": 0},
+    }
+
+
+def server_address_state(sock: JSON) -> str:
+    """alive: proven to carry a WireGuard session of its client, gets WireGuard's replies;
+    pending: seen, not proven (gets nothing but the answer to its own handshake); expired:
+    silent longer than clientTimeout, about to be forgotten."""
+    if not sock["confirmed"]:
+        return "pending"
+    return "alive" if sock["alive"] else "expired"
 
 
 def _age(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-# ---- traffic totals for the history -----------------------------------------------------------
+# ---- cumulative counters for the history and the last minute ---------------------------------
 
-Totals = dict[str, tuple[int, int, int, int]]
-"""Per key: cumulative (tx bytes, rx bytes, tx datagrams, rx datagrams)."""
+TOTALS_FIELDS = (
+    "txBytes",
+    "rxBytes",
+    "txDatagrams",
+    "rxDatagrams",
+    "won",
+    "late",
+    "lost",
+    "saved",
+)
+Totals = dict[str, tuple[int, ...]]
+"""Per key: cumulative counters in the order of TOTALS_FIELDS."""
 
 
 def traffic_totals(snapshot: JSON) -> Totals:
     """The cumulative counters the history turns into per-second deltas.
 
-    Client: per interface name, tx = towards the server. Server: per client address, tx =
-    towards that client (WireGuard's replies), rx = its copies.
+    Client: per interface name, tx = towards the server, copies as received from it. Server: per
+    client address, tx = towards that client (WireGuard's replies), rx = its copies.
     """
     out: Totals = {}
+    for key, c, q in _links(snapshot):
+        out[key] = (
+            c["tx_bytes"],
+            c["rx_bytes"],
+            c["tx_datagrams"],
+            c["rx_datagrams"],
+            q["won"],
+            q["late"],
+            q["lost"],
+            q["saved"],
+        )
+    return out
+
+
+def quality_totals(snapshot: JSON) -> dict[str, quality.Counts]:
+    """Per link key (and, on the client, per path key), the cumulative copy counters (for
+    engarde.web.quality.QualityWindow)."""
+    pairs = [(key, q) for key, _, q in _links(snapshot)]
     if snapshot["type"] == "client":
         for link in snapshot["interfaces"]:
-            c = link["counters"]
-            out[link["name"]] = (c["tx_bytes"], c["rx_bytes"], c["tx_datagrams"], c["rx_datagrams"])
-    else:
-        for sock in snapshot["sockets"]:
-            c = sock["counters"]
-            out[sock["address"]] = (
-                c["tx_bytes"],
-                c["rx_bytes"],
-                c["tx_datagrams"],
-                c["rx_datagrams"],
-            )
-    return out
+            for p in link.get("paths", ()):
+                pairs.append((path_key(link["name"], p["address"]), p["quality"]))
+    return quality.cumulative(pairs)
+
+
+def _links(snapshot: JSON) -> list[tuple[str, JSON, JSON]]:
+    """(key, counters, quality) of every link (client) or client address (server)."""
+    if snapshot["type"] == "client":
+        return [(x["name"], x["counters"], x["quality"]) for x in snapshot["interfaces"]]
+    return [(x["address"], x["counters"], x["quality"]) for x in snapshot["sockets"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import socket
+import struct
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from engarde import __version__
 from engarde.config import WebManagerConfig
 from engarde.core.client import ClientCore
+from engarde.core.copies import LAG_BOUNDS_S
 from engarde.web.app import create_app, dashboard_of
+from engarde.web.live import STREAM_PENDING_SHOWN, cap_server_status
 from engarde.web.serve import DashboardError, run_dashboard
 from tests.web.helpers import (
     DST,
@@ -29,7 +32,10 @@ from tests.web.helpers import (
     index_of,
     make_client_core,
     make_server_core,
+    path_of,
     settle,
+    track_copies,
+    wanted_indices,
 )
 
 WEB = Path(__file__).resolve().parents[2] / "engarde" / "web"
@@ -67,7 +73,7 @@ def iface_body(name: str) -> str:
 async def test_v1_client_get_list_has_exactly_the_original_shape(
     core: ClientCore, clock: FakeClock
 ) -> None:
-    core.stats_for(index_of(core, "eth0")).last_rx = clock() - 3.7
+    path_of(core, index_of(core, "eth0")).stats.last_rx = clock() - 3.7
     app = create_app(core, None, clock=clock)
     response = await app.test_client().get("/api/v1/get-list")
     assert response.status_code == 200
@@ -124,9 +130,11 @@ async def test_v1_server_get_list_has_exactly_the_original_shape(clock: FakeCloc
         "description": "hub",
         "listenAddress": "0.0.0.0:59402",
         "dstAddress": "127.0.0.1:59301",
-        "sockets": [  # most recently seen first
+        "sockets": [  # proven addresses first, each kind most recently seen first
             {"address": "203.0.113.9:40002", "last": 1},
+            {"address": "198.51.100.9:41001", "last": 2},
             {"address": "203.0.113.7:40001", "last": 3},
+            {"address": "192.0.2.66:5353", "last": 2},
         ],
     }
 
@@ -139,10 +147,10 @@ async def test_exclude_and_include_take_effect_at_once(core: ClientCore, clock: 
     core.on_change = lambda: wakeups.append(None)
     app = create_app(core, None, clock=clock)
     eth1 = index_of(core, "eth1")
-    assert eth1 in core.wanted()
+    assert eth1 in wanted_indices(core)
 
     assert await post(app, "/api/v1/exclude", iface_body("eth1")) == (200, {"status": "ok"})
-    assert eth1 not in core.wanted()  # the supervisor stops the uplink on this wake-up
+    assert eth1 not in wanted_indices(core)  # the supervisor stops the uplink on this wake-up
     assert wakeups
     settle(core, clock())
     _, doc = await get_json(app, "/api/v1/get-list")
@@ -153,7 +161,7 @@ async def test_exclude_and_include_take_effect_at_once(core: ClientCore, clock: 
     )
 
     assert await post(app, "/api/v1/include", iface_body("eth1")) == (200, {"status": "ok"})
-    assert eth1 in core.wanted()
+    assert eth1 in wanted_indices(core)
     settle(core, clock())
     _, doc = await get_json(app, "/api/v1/get-list")
     assert {i["name"]: i["status"] for i in doc["interfaces"]}["eth1"] == "active"
@@ -168,15 +176,15 @@ async def test_swap_and_reset_exclusions(core: ClientCore, clock: FakeClock) -> 
     eth0, wg0 = index_of(core, "eth0"), index_of(core, "wg0")
     assert await post(app, "/api/v1/swap-exclusion", iface_body("eth0")) == (200, {"status": "ok"})
     assert await post(app, "/api/v1/swap-exclusion", iface_body("wg0")) == (200, {"status": "ok"})
-    assert eth0 not in core.wanted()
-    assert wg0 in core.wanted()  # excluded in the config, included at runtime
+    assert eth0 not in wanted_indices(core)
+    assert wg0 in wanted_indices(core)  # excluded in the config, included at runtime
     status, doc = await get_json(app, "/api/v1/reset-exclusions")  # GET works, as in the original
     assert (status, doc) == (200, {"status": "ok"})
-    assert eth0 in core.wanted()
-    assert wg0 not in core.wanted()
+    assert eth0 in wanted_indices(core)
+    assert wg0 not in wanted_indices(core)
     await post(app, "/api/v1/swap-exclusion", iface_body("eth0"))
     assert await post(app, "/api/v1/reset-exclusions", b"") == (200, {"status": "ok"})
-    assert eth0 in core.wanted()
+    assert eth0 in wanted_indices(core)
 
 
 async def test_excluding_a_link_without_carrier_shows_it_excluded(
@@ -252,7 +260,7 @@ async def test_cross_site_commands_are_refused(core: ClientCore, clock: FakeCloc
         assert "another site" in doc["error"]
         status, _ = await get_json(app, "/api/v1/reset-exclusions", headers=headers)
         assert status == 403
-    assert eth0 in core.wanted()
+    assert eth0 in wanted_indices(core)
     same_origin = {
         "Origin": "http://localhost",
         "Host": "localhost",
@@ -321,7 +329,7 @@ async def test_right_credentials_pass(core: ClientCore, clock: FakeClock) -> Non
         assert response.status_code == 200, path
     status, _ = await post(app, "/api/v1/exclude", iface_body("eth0"), headers=basic("admin", "x"))
     assert status == 401
-    assert index_of(core, "eth0") in core.wanted()  # refused commands change nothing
+    assert index_of(core, "eth0") in wanted_indices(core)  # refused: nothing changed
     ok = await post(app, "/api/v1/exclude", iface_body("eth0"), headers=basic("admin", "s3cret"))
     assert ok == (200, {"status": "ok"})
 
@@ -348,12 +356,16 @@ async def test_no_auth_unless_both_username_and_password(
 
 async def test_v2_client_status_says_why(core: ClientCore, clock: FakeClock) -> None:
     eth0, eth1 = index_of(core, "eth0"), index_of(core, "eth1")
-    stats = core.stats_for(eth0)
+    stats = path_of(core, eth0).stats
     stats.tx_datagrams, stats.tx_bytes, stats.tx_dropped_full, stats.tx_errors = 7, 700, 2, 1
     stats.rx_datagrams, stats.rx_bytes, stats.rx_foreign = 5, 500, 3
     stats.last_tx_errno = 101  # ENETUNREACH
     stats.last_rx = clock() - 0.5
-    core.link_failed(eth1, "ENETUNREACH: Network is unreachable", clock())
+    core.link_failed(
+        next(p for (i, _), p in core.wanted().items() if i == eth1),
+        "ENETUNREACH: Network is unreachable",
+        clock(),
+    )
     clock.advance(10)
     stats.last_rx = clock() - 0.5
     status, doc = await get_json(create_app(core, None, clock=clock), "/api/v2/status")
@@ -391,44 +403,219 @@ async def test_v2_client_status_says_why(core: ClientCore, clock: FakeClock) -> 
     assert links["wwan0"]["carrier"] is False
     assert (links["wg0"]["state"], links["wg0"]["excludedBy"]) == ("excluded", "config")
     assert links["wg0"]["reason"] == "excluded in engarde.yml"
+    assert (doc["dedup"], doc["duplicatesDropped"]) == (True, 0)
+    assert doc["tracker"]["settled"] == 20
+
+
+async def test_v2_client_link_quality(core: ClientCore, clock: FakeClock) -> None:
+    """make_client_core tracked 20 datagrams: eth0 first with 18, eth1 4 ms behind it and
+    alone with 2 (eth1 saved 2, eth0 lost 2)."""
+    clock.advance(5)
+    _, doc = await get_json(create_app(core, None, clock=clock), "/api/v2/status")
+    links = {link["name"]: link["quality"] for link in doc["links"]}
+    minute = {"seconds": 5.0, "won": 18, "late": 0, "lost": 2, "saved": 0}
+    assert links["eth0"] == {
+        "won": 18,
+        "late": 0,
+        "lost": 2,
+        "saved": 0,
+        "lastMinute": minute,  # nothing sampled yet: since the start
+        "lossPct": 10.0,
+        "lossPctTotal": 10.0,
+        "firstSharePct": 90.0,
+        "lagP50Ms": None,
+        "lagP95Ms": None,
+        "lagMaxMs": None,
+        "stale": 0,
+        "forged": 0,
+        "repeats": 0,
+        "carrying": True,
+        "carryingForS": 5.0,
+        "lastSavedAgeS": None,
+        "idleForHour": False,
+    }
+    eth1 = links["eth1"]
+    assert (eth1["won"], eth1["late"], eth1["lost"], eth1["saved"]) == (2, 18, 0, 2)
+    assert (eth1["lossPct"], eth1["firstSharePct"]) == (0.0, 10.0)
+    assert (eth1["lagP50Ms"], eth1["lagP95Ms"]) == (5.0, 5.0)  # 4 ms: the (3, 5] ms bucket
+    assert eth1["lagMaxMs"] == pytest.approx(4.0)
+    assert eth1["lastSavedAgeS"] == 5.0
+    assert links["wwan0"]["lossPct"] is None and links["wwan0"]["firstSharePct"] == 0.0
+    assert links["wwan0"]["carrying"] is False
+
+
+async def test_v2_last_minute_comes_from_the_history(core: ClientCore, clock: FakeClock) -> None:
+    app = create_app(core, None, clock=clock)
+    dashboard = dashboard_of(app)
+    dashboard.sample()  # the first checkpoint: 20 datagrams already tracked
+    for _ in range(70):
+        clock.advance(1.0)
+        dashboard.sample()
+    # one more minute of traffic: 20 datagrams, eth1 alone with the last 2 again
+    track_copies(core, clock(), first=100)
+    clock.advance(1.0)
+    dashboard.sample()
+    _, doc = await get_json(app, "/api/v2/status")
+    links = {link["name"]: link["quality"] for link in doc["links"]}
+    eth0, eth1 = links["eth0"], links["eth1"]
+    assert eth0["lastMinute"]["won"] == 18 and eth0["won"] == 36
+    assert eth1["lastMinute"] == {
+        "seconds": eth1["lastMinute"]["seconds"],
+        "won": 2,
+        "late": 18,
+        "lost": 0,
+        "saved": 2,
+    }
+    assert 60.0 <= eth1["lastMinute"]["seconds"] <= 65.0
+    assert eth0["lossPct"] == 10.0 and eth0["lossPctTotal"] == 10.0
+    # a minute later with nothing new, the last minute is empty, the totals stay
+    for _ in range(66):
+        clock.advance(1.0)
+        dashboard.sample()
+    _, doc = await get_json(app, "/api/v2/status")
+    eth0 = next(link["quality"] for link in doc["links"] if link["name"] == "eth0")
+    assert (eth0["lastMinute"]["won"], eth0["lossPct"], eth0["firstSharePct"]) == (0, None, None)
+    assert (eth0["won"], eth0["lossPctTotal"]) == (36, 10.0)
+    # per-second copy deltas are in the history samples (won, late, lost, saved after traffic)
+    _, history = await get_json(app, "/api/v2/history")
+    moved = [s["links"]["eth1"][4:] for s in history["samples"] if "eth1" in s["links"]]
+    assert moved == [[2, 18, 0, 2]]
+
+
+async def test_v2_a_link_that_saved_nothing_for_an_hour_is_the_one_to_drop(
+    core: ClientCore, clock: FakeClock
+) -> None:
+    clock.advance(3600)
+    track_copies(core, clock(), first=100)  # eth1 saves 2 again; eth0 never saved anything
+    clock.advance(10)
+    _, doc = await get_json(create_app(core, None, clock=clock), "/api/v2/status")
+    idle = {link["name"]: link["quality"]["idleForHour"] for link in doc["links"]}
+    assert idle == {"eth0": True, "eth1": False, "wwan0": False, "wg0": False}
 
 
 async def test_v2_flags_a_link_that_went_quiet(core: ClientCore, clock: FakeClock) -> None:
     eth0, eth1 = index_of(core, "eth0"), index_of(core, "eth1")
-    core.stats_for(eth0).last_rx = clock()
-    core.stats_for(eth1).last_rx = clock()
+    path_of(core, eth0).stats.last_rx = clock()
+    path_of(core, eth1).stats.last_rx = clock()
     clock.advance(20)
-    core.stats_for(eth0).last_rx = clock() - 1  # eth0 still hears the server, eth1 does not
+    path_of(core, eth0).stats.last_rx = clock() - 1  # eth0 still hears the server, eth1 does not
     _, doc = await get_json(create_app(core, None, clock=clock), "/api/v2/status")
     quiet = {link["name"]: link["quiet"] for link in doc["links"]}
     assert quiet == {"eth0": False, "eth1": True, "wwan0": False, "wg0": False}
-    core.stats_for(eth0).last_rx = clock() - 19  # both silent: the tunnel is idle, not a link
+    path_of(core, eth0).stats.last_rx = clock() - 19  # both silent: the tunnel is idle, not a link
     _, doc = await get_json(create_app(core, None, clock=clock), "/api/v2/status")
     assert not any(link["quiet"] for link in doc["links"])
 
 
-async def test_v2_server_status(clock: FakeClock) -> None:
+async def test_v2_server_status_groups_addresses_under_clients(clock: FakeClock) -> None:
     core = make_server_core(clock)
     clock.advance(1.0)
     _, doc = await get_json(create_app(core, None, clock=clock), "/api/v2/status")
     assert doc["type"] == "server"
-    assert doc["clientsAlive"] == 2
+    assert (doc["clientsAlive"], doc["addressesAlive"], doc["addressesPending"]) == (2, 3, 1)
+    assert (doc["dedup"], doc["duplicatesDropped"], doc["maxPeers"]) == (True, 18, 128)
+    assert doc["probesOpen"] == 0
     assert doc["clientTimeout"] == 30.0
-    first, second = doc["clients"]
-    assert first["address"] == "203.0.113.9:40002"
-    assert first["localAddress"] == "192.0.2.1"
-    assert (first["state"], first["alive"], first["confirmed"]) == ("alive", True, True)
-    assert first["lastReceivedAge"] == pytest.approx(1.0)
-    assert first["tx"]["datagrams"] == 4
-    assert first["tx"]["dropped"] == {"buffer_full": 1, "error": 0}
-    assert second["rx"] == {"datagrams": 10, "bytes": 1480, "bytesPerSecond": 0.0}
-    assert second["firstSeenAge"] == pytest.approx(3.5)
+    assert "clients_evicted" in doc["counters"] and "addresses_proven" in doc["counters"]
+    one, two = doc["clients"]
+    assert (one["id"], one["sessions"], one["peerSessions"]) == (1, ["0000004d"], ["0000000b"])
+    assert one["firstSeenAge"] == pytest.approx(3.5)
+    assert one["lastReceivedAge"] == pytest.approx(1.0)
+    assert (one["addressesAlive"], one["duplicatesDropped"]) == (2, 18)
+    assert [a["address"] for a in one["addresses"]] == ["203.0.113.7:40001", "203.0.113.9:40002"]
+    a7, a9 = one["addresses"]
+    assert a9 == {
+        "address": "203.0.113.9:40002",
+        "family": "ipv4",
+        "localAddress": "192.0.2.1",
+        "state": "alive",
+        "provenBy": "handshake",
+        "probe": False,
+        "last": 1,
+        "lastReceivedAge": 1.0,
+        "firstSeenAge": 3.5,
+        "rx": {"datagrams": 22, "bytes": a9["rx"]["bytes"], "bytesPerSecond": 0.0},
+        "tx": {
+            "datagrams": 4,
+            "bytes": 512,
+            "bytesPerSecond": 0.0,
+            "dropped": {"buffer_full": 1, "error": 0},
+            "lastErrno": "",
+        },
+        "quality": a9["quality"],
+    }
+    assert a7["localAddress"] == "" and a7["lastReceivedAge"] == pytest.approx(3.5)
+    q7, q9 = a7["quality"], a9["quality"]
+    assert (q7["won"], q7["late"], q7["lost"], q7["saved"]) == (18, 0, 2, 0)
+    assert (q9["won"], q9["late"], q9["lost"], q9["saved"]) == (3, 18, 0, 2)
+    assert (q7["lossPct"], q7["firstSharePct"], q9["firstSharePct"]) == (10.0, 85.7, 14.3)
+    assert q9["lagP95Ms"] == 5.0
+    assert one["quality"]["won"] == 21 and one["quality"]["lastMinute"]["saved"] == 2
+    assert one["rx"]["datagrams"] == a7["rx"]["datagrams"] + 22
+    assert one["tx"]["dropped"] == {"buffer_full": 1, "error": 0}
+    assert [a["address"] for a in two["addresses"]] == ["198.51.100.9:41001"]
+    assert two["quality"]["lastMinute"]["won"] == 1
+    assert doc["pending"] == [
+        {
+            "address": "192.0.2.66:5353",
+            "localAddress": "192.0.2.1",
+            "probe": False,
+            "last": 2,
+            "lastReceivedAge": 2.5,
+            "firstSeenAge": 2.5,
+            "rx": {"datagrams": 1, "bytes": 148, "bytesPerSecond": 0.0},
+        }
+    ]
+
+
+def test_the_event_stream_caps_addresses_keeping_recent_clients_whole(clock: FakeClock) -> None:
+    def address(n: int, age: float) -> dict[str, Any]:
+        return {"address": f"203.0.113.{n}:1", "lastReceivedAge": age}
+
+    status = {
+        "type": "server",
+        "clients": [
+            {"id": 1, "lastReceivedAge": 9.0, "addresses": [address(1, 9.0), address(2, 9.5)]},
+            {"id": 2, "lastReceivedAge": 0.5, "addresses": [address(n, n) for n in range(3)]},
+            {"id": 3, "lastReceivedAge": 1.0, "addresses": [address(9, 1.0)]},
+        ],
+        "pending": [address(50 + n, n) for n in range(5)],
+    }
+    capped = cap_server_status(status, addresses=5, pending=2)
+    assert [g["id"] for g in capped["clients"]] == [1, 2, 3]  # in their order, not by age
+    assert [len(g["addresses"]) for g in capped["clients"]] == [1, 3, 1]
+    assert capped["clients"][0]["addresses"] == [address(1, 9.0)]  # its most recent one
+    assert capped["clients"][0]["addressesOmitted"] == 1
+    assert capped["clientsOmitted"] == 0
+    assert [p["address"] for p in capped["pending"]] == ["203.0.113.50:1", "203.0.113.51:1"]
+    assert capped["pendingOmitted"] == 3
+    capped = cap_server_status(status, addresses=3, pending=10)
+    assert [g["id"] for g in capped["clients"]] == [2]
+    assert capped["clientsOmitted"] == 2
+    assert cap_server_status(status, addresses=6, pending=5) is status  # nothing to cap
+    assert len(status["clients"][0]["addresses"]) == 2  # the status itself is left alone
+
+
+async def test_the_stream_of_a_flooded_server_is_capped(clock: FakeClock) -> None:
+    core = make_server_core(clock)
+    local = socket.inet_aton("192.0.2.1")
+    for n in range(STREAM_PENDING_SHOWN + 10):
+        message = struct.pack("<II", 1, 1000 + n) + bytes(140)
+        core.from_client(("192.0.2.77", 2000 + n), local, 1, message, len(message), clock())
+    dashboard = dashboard_of(create_app(core, None, clock=clock))
+    event = dashboard.first_event()
+    data = json.loads(event.split("data: ", 1)[1])
+    status = data["status"]
+    assert len(status["pending"]) == STREAM_PENDING_SHOWN
+    assert status["pendingOmitted"] == 11
+    assert status["addressesPending"] == STREAM_PENDING_SHOWN + 11
+    assert [len(g["addresses"]) for g in status["clients"]] == [2, 1]
 
 
 async def test_history_and_rates(core: ClientCore, clock: FakeClock) -> None:
     app = create_app(core, None, clock=clock)
     dashboard = dashboard_of(app)
-    stats = core.stats_for(index_of(core, "eth0"))
+    stats = path_of(core, index_of(core, "eth0")).stats
     stats.tx_bytes, stats.rx_bytes = 5_000, 1_000
     assert dashboard.sample() is None  # the first sample is only the baseline
     for _ in range(3):
@@ -439,8 +626,17 @@ async def test_history_and_rates(core: ClientCore, clock: FakeClock) -> None:
         dashboard.sample()
     _, history = await get_json(app, "/api/v2/history")
     assert history["periodSeconds"] == 1.0
-    assert history["fields"] == ["txBytes", "rxBytes", "txDatagrams", "rxDatagrams"]
-    assert [s["links"] for s in history["samples"]] == [{"eth0": [2000, 500, 2, 0]}] * 3
+    assert history["fields"] == [
+        "txBytes",
+        "rxBytes",
+        "txDatagrams",
+        "rxDatagrams",
+        "won",
+        "late",
+        "lost",
+        "saved",
+    ]
+    assert [s["links"] for s in history["samples"]] == [{"eth0": [2000, 500, 2, 0, 0, 0, 0, 0]}] * 3
     assert [s["dt"] for s in history["samples"]] == [1.0, 1.0, 1.0]
     _, status = await get_json(app, "/api/v2/status")
     eth0 = next(link for link in status["links"] if link["name"] == "eth0")
@@ -460,7 +656,7 @@ def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], floa
 
 
 async def test_metrics_client(core: ClientCore, clock: FakeClock) -> None:
-    stats = core.stats_for(index_of(core, "eth0"))
+    stats = path_of(core, index_of(core, "eth0")).stats
     stats.tx_datagrams, stats.tx_dropped_full, stats.rx_bytes, stats.rx_no_peer = 9, 4, 1234, 2
     stats.last_rx = clock() - 2
     core.stats.no_uplink_drops = 6
@@ -488,6 +684,19 @@ async def test_metrics_client(core: ClientCore, clock: FakeClock) -> None:
     assert m["engarde_uplinks_active"] == {(): 2.0}
     assert m["engarde_no_uplink_dropped_total"] == {(): 6.0}
     assert m["engarde_uptime_seconds"] == {(): 0.0}
+    assert m["engarde_link_copies_won_total"][eth0] == 18
+    assert m["engarde_link_copies_lost_total"][eth0] == 2
+    assert m["engarde_link_copies_late_total"][eth1] == 18
+    assert m["engarde_link_copies_saved_total"][eth1] == 2
+    buckets = m["engarde_link_lag_seconds_bucket"]
+    assert buckets[(*eth1, ("le", "0.003"))] == 0
+    assert buckets[(*eth1, ("le", "0.005"))] == 18  # 4 ms late
+    assert buckets[(*eth1, ("le", "+Inf"))] == 18
+    assert len([k for k in buckets if k[:2] == eth1]) == len(LAG_BOUNDS_S) + 1
+    assert m["engarde_link_lag_seconds_count"][eth1] == 18
+    assert m["engarde_link_lag_seconds_sum"][eth1] == pytest.approx(18 * 0.004)  # midpoint
+    assert m["engarde_link_lag_seconds_count"][eth0] == 0
+    assert m["engarde_duplicates_dropped_total"] == {(): 0.0}
     for name in ("rx_datagrams", "rx_bytes", "tx_datagrams", "tx_bytes"):
         assert f"engarde_wireguard_{name}_total" in m
     assert "engarde_server_clients" not in m
@@ -505,19 +714,57 @@ async def test_metrics_server(clock: FakeClock) -> None:
         await create_app(make_server_core(clock), None, clock=clock).test_client().get("/metrics")
     )
     m = parse_metrics(await response.get_data(as_text=True))
-    a7, a9 = (("address", "203.0.113.7:40001"),), (("address", "203.0.113.9:40002"),)
+    a7 = (("address", "203.0.113.7:40001"), ("client", "1"))
+    a9 = (("address", "203.0.113.9:40002"), ("client", "1"))
+    b1 = (("address", "198.51.100.9:41001"), ("client", "2"))
+    v = (("address", "192.0.2.66:5353"), ("client", ""))
     assert m["engarde_info"] == {(("role", "server"), ("version", __version__)): 1.0}
-    assert m["engarde_server_client_rx_datagrams_total"][a7] == 10
-    assert m["engarde_server_client_tx_bytes_total"][a9] == 512
-    assert m["engarde_server_client_tx_dropped_total"][(*a9, ("reason", "buffer_full"))] == 1
-    assert m["engarde_server_client_alive"] == {a7: 1.0, a9: 1.0}
-    assert m["engarde_server_client_last_receive_age_seconds"][a7] == 2.5
-    assert m["engarde_server_clients"] == {
-        (("state", "alive"),): 2.0,
-        (("state", "pending"),): 0.0,
+    assert m["engarde_server_address_rx_datagrams_total"][a7] == 19  # handshake + 18 copies
+    assert m["engarde_server_address_rx_datagrams_total"][v] == 1
+    assert m["engarde_server_address_tx_bytes_total"][a9] == 512
+    assert m["engarde_server_address_tx_dropped_total"][(*a9, ("reason", "buffer_full"))] == 1
+    assert m["engarde_server_address_alive"] == {a7: 1.0, a9: 1.0, b1: 1.0, v: 0.0}
+    assert m["engarde_server_address_last_receive_age_seconds"][a7] == 2.5
+    assert m["engarde_server_addresses"] == {
+        (("state", "alive"),): 3.0,
+        (("state", "pending"),): 1.0,
         (("state", "expired"),): 0.0,
     }
-    assert m["engarde_server_clients_admitted_total"] == {(): 2.0}
+    assert m["engarde_server_clients"] == {(): 2.0}
+    assert m["engarde_server_client_addresses_alive"] == {
+        (("client", "1"),): 2.0,
+        (("client", "2"),): 1.0,
+    }
+    assert m["engarde_server_client_duplicates_dropped_total"][(("client", "1"),)] == 18
+    assert m["engarde_duplicates_dropped_total"] == {(): 18.0}
+    assert m["engarde_link_copies_won_total"] == {a7: 18.0, a9: 3.0, b1: 1.0}  # v: never measured
+    assert m["engarde_link_copies_lost_total"][a7] == 2
+    assert m["engarde_link_copies_saved_total"][a9] == 2
+    assert m["engarde_link_lag_seconds_bucket"][(*a9, ("le", "0.005"))] == 18
+    assert m["engarde_server_addresses_seen_total"] == {(): 4.0}
+    assert m["engarde_server_addresses_proven_total"] == {(): 3.0}
+    assert m["engarde_server_clients_created_total"] == {(): 2.0}
+    for name in (
+        "addresses_expired",
+        "addresses_evicted",
+        "pending_evicted",
+        "addresses_dropped",
+        "clients_expired",
+        "clients_evicted",
+        "clients_merged",
+        "wrong_session_datagrams",
+        "probes_opened",
+        "probes_refused",
+        "initiation_mismatches",
+        "cookies_to_unproven",
+        "unroutable_from_wireguard",
+        "upstream_errors",
+        "junk_dropped",
+        "unproven_dropped",
+    ):
+        assert m[f"engarde_server_{name}_total"] == {(): 0.0}, name
+    assert m["engarde_server_probes_open"] == {(): 0.0}
+    assert not [name for name in m if name.startswith("engarde_server_client_rx")]
     assert "engarde_uplink_up" not in m
 
 

@@ -11,7 +11,9 @@ The test sees both uplinks active with traffic on their plots, sees one marked "
 it is blackholed, clicks "Exclude" on one and sees
 it become excluded (page and API), is asked to confirm before excluding the last active link
 (and declining keeps it), then stops the engarde client and sees the "connection lost" banner.
-It also opens the server's dashboard (through the uplinks) and sees both client addresses.
+Each link card shows what its copies are worth (share of first arrivals, loss, lag, datagrams
+saved) and their plot. It also opens the server's dashboard (through the uplinks) and sees both
+client addresses grouped under one client with its WireGuard session.
 Screenshots go to the test's tmp_path and to /tmp/engarde-dashboard*.png.
 """
 
@@ -22,6 +24,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -345,6 +348,39 @@ def test_dashboard_in_headless_chromium(make_lab: Callable[[int], Lab], tmp_path
             "traffic on every sparkline",
         )
         assert cdp.evaluate("document.getElementById('banner').hidden") is True
+
+        # what each link's copies are worth: the server's replies arrive over both uplinks
+        cdp.wait_for(
+            "[...document.querySelectorAll('article.card .qpeak')]"
+            ".every(e => e.textContent.startsWith('peak loss'))",
+            "copy figures on every link's quality plot",
+        )
+        quality = cdp.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('article.card')]"
+            ".map(c => [c.dataset.key, {share: c.querySelector('.q-share').textContent,"
+            " loss: c.querySelector('.q-loss').textContent,"
+            " lag: c.querySelector('.q-lag').textContent,"
+            " saved: c.querySelector('.q-saved').textContent,"
+            " badge: c.querySelector('.badge-drop').hidden}]))"
+        )
+        api_links = {x["name"]: x["quality"] for x in api_get(lab, "/api/v2/status")["links"]}
+        for name in ("up0", "up1"):
+            shown = quality[name]
+            assert shown["share"].endswith(")") and "%" in shown["share"], shown
+            assert "total" in shown["loss"], shown
+            assert shown["lag"].startswith(("p50", "never late")), shown
+            assert "since start" in shown["saved"], shown
+            assert shown["badge"] is True, "not idle for an hour"
+            assert api_links[name]["won"] + api_links[name]["late"] > 0, api_links
+        shares = [api_links[name]["firstSharePct"] or 0.0 for name in ("up0", "up1")]
+        assert sum(shares) == pytest.approx(100.0, abs=0.2), api_links
+        summary = cdp.evaluate("document.getElementById('summary').textContent")
+        assert "dedup" in summary and "copies dropped" in summary, summary
+        # every path of a link and its family
+        paths = cdp.evaluate(
+            "document.querySelector('article[data-key=\"up0\"] .paths dd').textContent"
+        )
+        assert paths == f"{lab.uplink(0).client_ip} (IPv4, active)", paths
         cdp.screenshot(tmp_path / "dashboard-before.png")
 
         # up1 silently drops everything (a dead modem): it "went quiet" while up0 still hears
@@ -429,9 +465,28 @@ def test_dashboard_in_headless_chromium(make_lab: Callable[[int], Lab], tmp_path
         cdp.call("Page.navigate", {"url": server_url})
         cdp.wait_for("document.body.dataset.role === 'server'", "the server's page")
         cdp.wait_for(
-            "document.querySelectorAll('article.card[data-status=\"alive\"]').length === 2",
-            "two client addresses alive",
+            "document.querySelectorAll("
+            "'section.group article.card[data-status=\"alive\"]').length === 2",
+            "two client addresses alive, under their client",
         )
+        group = cdp.evaluate(
+            "(() => { const g = document.querySelectorAll('section.group');"
+            " return {count: g.length, name: g[0].querySelector('.group-name').textContent,"
+            " sessions: g[0].querySelector('.sessions').textContent,"
+            " pill: g[0].querySelector('.pill').textContent,"
+            " copies: g[0].querySelector('.group-copies').textContent}; })()"
+        )
+        assert group["count"] == 1, group  # one field kit: both uplinks are one client
+        assert group["name"].startswith("client #"), group
+        assert re.match(r"[0-9a-f]{8}", group["sessions"]), group
+        assert group["pill"] == "2 of 2 alive", group
+        assert "since start" in group["copies"], group
+        cdp.wait_for(
+            "[...document.querySelectorAll('section.group .q-share')]"
+            ".some(e => e.textContent.includes('%'))",
+            "first-arrival shares of the client's addresses",
+        )
+        assert cdp.evaluate("document.getElementById('pending').hidden") is True
         assert cdp.evaluate("document.querySelectorAll('button').length") == 0
         server_shot = tmp_path / "dashboard-server.png"
         cdp.screenshot(server_shot)

@@ -57,17 +57,26 @@ async def test_too_many_waiting_requests_get_429() -> None:
 
 def test_history_deltas_resets_and_new_keys() -> None:
     history = History(capacity=3)
-    assert history.add(10.0, {"eth0": (100, 50, 2, 1)}) is None  # baseline
-    sample = history.add(11.0, {"eth0": (300, 50, 4, 1), "eth1": (10, 0, 1, 0)})
+    assert history.add(10.0, {"eth0": (100, 50, 2, 1, 5, 0, 0, 0)}) is None  # baseline
+    sample = history.add(
+        11.0, {"eth0": (300, 50, 4, 1, 7, 1, 0, 1), "eth1": (10, 0, 1, 0, 0, 0, 0, 0)}
+    )
     assert sample is not None
     # eth1 is new since the baseline: all it did is recent
-    assert sample.deltas == {"eth0": (200, 0, 2, 0), "eth1": (10, 0, 1, 0)}
+    assert sample.deltas == {"eth0": (200, 0, 2, 0, 2, 1, 0, 1), "eth1": (10, 0, 1, 0, 0, 0, 0, 0)}
     assert sample.rates() == {"eth0": (200.0, 0.0), "eth1": (10.0, 0.0)}
-    sample = history.add(13.0, {"eth0": (40, 5, 1, 1), "eth1": (10, 0, 1, 0)})
+    sample = history.add(
+        13.0, {"eth0": (40, 5, 1, 1, 9, 1, 0, 1), "eth1": (10, 0, 1, 0, 0, 0, 0, 0)}
+    )
     assert sample is not None
     assert sample.dt == 2.0
-    assert sample.deltas == {"eth0": (40, 5, 1, 1)}  # eth0 restarted; eth1 idle: left out
-    history.add(14.0, {})
+    # eth0's traffic counters restarted (taken whole), its copy counters did not; eth1 idle
+    assert sample.deltas == {"eth0": (40, 5, 1, 1, 2, 0, 0, 0)}
+    sample = history.add(14.0, {"eth0": (50, 5, 2, 1, 3, 0, 0, 0)})
+    assert sample is not None
+    assert sample.deltas == {"eth0": (10, 0, 1, 0, 3, 0, 0, 0)}  # copies started over
     history.add(15.0, {})
     assert [s.seq for s in history.samples] == [2, 3, 4]  # capacity 3: the oldest went
-    assert history.as_json(1.0)["samples"][-1] == {"seq": 4, "t": 15.0, "dt": 1.0, "links": {}}
+    doc = history.as_json(1.0)
+    assert doc["fields"][4:] == ["won", "late", "lost", "saved"]
+    assert doc["samples"][-1] == {"seq": 4, "t": 15.0, "dt": 1.0, "links": {}}
