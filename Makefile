@@ -29,7 +29,7 @@ lint: install
 	$(BIN)/mypy
 
 demo: system-deps install
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
 bench: system-deps install
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lab import Lab
+from lab import ClientSide, Lab
 
 CLIENT_LISTEN = "127.0.0.1:59401"
 SERVER_PORT = 59402
@@ -182,13 +182,12 @@ def default_config(lab: Lab, **client_extra: Any) -> Path:
 
 
 def server_saw(client_ip: str, sent_to: str | None = None) -> str:
-    """Regex for the server's log line about a new client address (group 1: its port).
+    """Regex for the server's log line about a client address it now serves (group 1: its port).
 
-    "client IP:PORT carrying the tunnel (sent to X)", or "... now carrying the tunnel (...)" for
-    an address that first waited for a WireGuard session.
+    "client #N: IP:PORT carrying the tunnel (sent to X; how it was proven)".
     """
-    to = re.escape(sent_to) if sent_to is not None else r"[^)]*"
-    return rf"client {re.escape(client_ip)}:(\d+)(?: now)? carrying the tunnel \(sent to {to}\)"
+    to = re.escape(sent_to) if sent_to is not None else r"[^;)]*"
+    return rf"client #\d+: {re.escape(client_ip)}:(\d+) carrying the tunnel \(sent to {to}[;)]"
 
 
 @dataclass
@@ -237,15 +236,62 @@ def start_client(lab: Lab, config: Path, uplinks: Iterable[int] = (0, 1, 2)) -> 
     return client
 
 
-def wait_for_socket(client: Engarde, i: int, since: int = 0) -> int:
-    """Wait for the client's "upI: socket IP:PORT -> ..." debug line; returns the local port."""
-    match = client.log.wait_for(rf"up{i}: socket [0-9.]+:(\d+) -> ", since=since)
+def wait_for_socket(client: Engarde, i: int, since: int = 0, *, ipv6: bool = False) -> int:
+    """Wait for the client's "upI: socket IP:PORT -> ..." debug line (an IPv6 path's with
+    `ipv6`: "[IP]:PORT"); returns the local port."""
+    address = r"\[[0-9a-f:]+\]" if ipv6 else r"[0-9.]+"
+    match = client.log.wait_for(rf"up{i}: socket {address}:(\d+) -> ", since=since)
     return int(match.group(1))
 
 
 def stop_gracefully(lab: Lab, proc: subprocess.Popen[Any], timeout_s: float = 8.0) -> int | None:
     """SIGTERM and wait (SIGKILL only after ``timeout_s``); the exit code, negative if killed."""
     return lab.stop(proc, timeout_s=timeout_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dashboard's API, from inside a namespace
+
+WEB = "127.0.0.1:9001"
+
+
+def http(
+    lab: Lab,
+    ns: str,
+    path: str,
+    *,
+    method: str = "GET",
+    body: dict[str, Any] | None = None,
+    auth: tuple[str, str] | None = None,
+    web: str = WEB,
+) -> tuple[int, dict[str, Any]]:
+    """An HTTP request to the dashboard at ``web`` inside namespace ``ns``: (status, JSON)."""
+    code = (
+        "import base64, json, sys, urllib.request, urllib.error\n"
+        f"req = urllib.request.Request('http://{web}{path}', method={method!r},\n"
+        f"    data={json.dumps(body).encode() if body is not None else None!r},\n"
+        "    headers={'Content-Type': 'application/json'})\n"
+        f"auth = {auth!r}\n"
+        "if auth:\n"
+        "    token = base64.b64encode(f'{auth[0]}:{auth[1]}'.encode()).decode()\n"
+        "    req.add_header('Authorization', 'Basic ' + token)\n"
+        "try:\n"
+        "    answer = urllib.request.urlopen(req, timeout=10)\n"
+        "    print(answer.status); print(answer.read().decode())\n"
+        "except urllib.error.HTTPError as exc:\n"
+        "    print(exc.code); print(exc.read().decode())\n"
+    )
+    out = lab.run(ns, sys.executable, "-c", code).stdout
+    status, _, text = out.partition("\n")
+    doc: dict[str, Any] = json.loads(text) if text.strip() else {}
+    return int(status), doc
+
+
+def api(lab: Lab, ns: str, path: str, web: str = WEB) -> dict[str, Any]:
+    """GET the dashboard's JSON at ``path`` (must answer 200)."""
+    status, doc = http(lab, ns, path, web=web)
+    assert status == 200, (path, status, doc)
+    return doc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,6 +402,172 @@ class Sender:
         return report
 
 
+class WgSink:
+    """``udp_tools wg-sink`` (fake WireGuard server) in the server namespace by default.
+
+    Listens on ECHO_ADDR unless told otherwise, so :func:`default_config` forwards to it. With
+    ``echo`` it answers every first copy of a data datagram, as a WireGuard peer answering
+    traffic would. ``addr`` and ``index`` (its receiver index) come from its "listening" line.
+    """
+
+    def __init__(
+        self,
+        lab: Lab,
+        listen: str = ECHO_ADDR,
+        *,
+        echo: bool = True,
+        index: int | None = None,
+        ns: str | None = None,
+    ) -> None:
+        self.lab = lab
+        n = next(_sender_counter)
+        self.out = lab.workdir / f"wg-sink-{n}.out"
+        args = ["-m", "lab.udp_tools", "wg-sink", "--listen", listen]
+        if echo:
+            args.append("--echo")
+        if index is not None:
+            args += ["--index", str(index)]
+        with self.out.open("wb") as out:
+            self.proc = lab.popen_python(
+                ns or lab.server_ns, *args, stdout=out, stderr=subprocess.STDOUT
+            )
+        match = LogFile(self.out, self.proc).wait_for(r'\{"listening".*\}')
+        hello = json.loads(match.group(0))
+        self.addr: str = hello["listening"]
+        self.index: int = hello["index"]
+
+    def stop(self) -> dict[str, Any]:
+        """Stop it and return its statistics: received, unique, duplicates, handshakes,
+        replied, other, send_errors, sessions, index, by_source {"IP:PORT": {received, first}}.
+        """
+        self.lab.stop(self.proc)
+        for line in reversed(self.out.read_text().splitlines()):
+            if line.startswith("{") and '"received"' in line:
+                stats: dict[str, Any] = json.loads(line)
+                return stats
+        pytest.fail(f"wg-sink printed no statistics:\n{self.out.read_text()[-2000:]}")
+
+
+class WgSender:
+    """``udp_tools wg-send`` (fake WireGuard client) in the client namespace by default,
+    towards the engarde client, in the background.
+
+    It handshakes first (``wait_handshake()``), then sends ``count`` data datagrams. For a test
+    that changes impairments mid-run: ``sent_now()`` is the exact count sent so far (SIGUSR1
+    -> a progress line), ``pause()`` stops the sending and returns the exact count, ``resume()``
+    goes on at the same pace; ``stop()`` ends a long run early and returns its report.
+    """
+
+    def __init__(
+        self,
+        lab: Lab,
+        count: int,
+        interval_ms: float,
+        *,
+        to: str = CLIENT_LISTEN,
+        size: int = 128,
+        grace_ms: float = 1500,
+        index: int | None = None,
+        handshake_timeout_s: float = 10.0,
+        ns: str | None = None,
+    ) -> None:
+        self.lab = lab
+        self.count = count
+        n = next(_sender_counter)
+        self.report_path = lab.workdir / f"wg-send-{n}.json"
+        self.err_path = lab.workdir / f"wg-send-{n}.err"
+        self.pause_path = lab.workdir / f"wg-send-{n}.pause"
+        self.log = LogFile(self.err_path)
+        args = [
+            "-m",
+            "lab.udp_tools",
+            "wg-send",
+            "--to",
+            to,
+            "--count",
+            str(count),
+            "--interval-ms",
+            f"{interval_ms:g}",
+            "--grace-ms",
+            f"{grace_ms:g}",
+            "--size",
+            str(size),
+            "--handshake-timeout-s",
+            f"{handshake_timeout_s:g}",
+            "--pause-file",
+            str(self.pause_path),
+            "--report",
+            str(self.report_path),
+        ]
+        if index is not None:
+            args += ["--index", str(index)]
+        with self.err_path.open("wb") as err:
+            self.proc = lab.popen_python(
+                ns or lab.client_ns, *args, stdout=subprocess.DEVNULL, stderr=err
+            )
+        self.log.proc = self.proc
+        self._bound_s = handshake_timeout_s + count * interval_ms / 1000 + grace_ms / 1000 + 30
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def _progress(self, since: int = 0) -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for line in self.log.text(since).splitlines()
+            if line.startswith('{"sent"') and line.endswith("}")
+        ]
+
+    def wait_handshake(self, timeout_s: float = WAIT_S) -> dict[str, Any]:
+        """Wait for the handshake; its progress line (handshake_ms, responder_index, index)."""
+        match = self.log.wait_for(r'\{"sent".*"handshake_ms".*\}\n', timeout_s=timeout_s)
+        line: dict[str, Any] = json.loads(match.group(0))
+        return line
+
+    def sent_so_far(self) -> int:
+        """Datagrams sent according to the latest progress line (one a second): cheap, late."""
+        lines = self._progress()
+        return int(lines[-1]["sent"]) if lines else 0
+
+    def sent_now(self) -> int:
+        """The exact count sent so far: asks for a progress line (SIGUSR1) and waits for it."""
+        self.wait_handshake()  # the SIGUSR1 handler is in place from then on
+        mark = self.log.mark()
+        self.proc.send_signal(signal.SIGUSR1)
+        match = self.log.wait_for(r'\{"sent": (\d+)[^\n]*\}\n', since=mark)
+        return int(match.group(1))
+
+    def pause(self) -> int:
+        """Stop sending (the run keeps counting replies); the exact count sent until then."""
+        mark = self.log.mark()
+        self.pause_path.touch()
+        match = self.log.wait_for(r'\{"sent": (\d+)[^\n]*"paused": true\}\n', since=mark)
+        return int(match.group(1))
+
+    def resume(self) -> None:
+        """Go on sending at the same pace, from the next sequence number."""
+        mark = self.log.mark()
+        self.pause_path.unlink(missing_ok=True)
+        self.log.wait_for(r'"paused": false\}\n', since=mark)
+
+    def wait(self) -> dict[str, Any]:
+        """Wait for the run to end (generous bound) and return its JSON report."""
+        try:
+            self.proc.wait(timeout=self._bound_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"udp_tools wg-send did not finish within {self._bound_s:.0f} s")
+        assert self.proc.returncode == 0, self.err_path.read_text()[-2000:]
+        report: dict[str, Any] = json.loads(self.report_path.read_text())
+        return report
+
+    def stop(self) -> dict[str, Any]:
+        """End the run now (SIGTERM: no more sends, no grace) and return its report."""
+        if self.proc.poll() is None:
+            self.wait_handshake()  # before it, SIGTERM would end it without a report
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait()
+
+
 def inject_udp(
     lab: Lab,
     ns: str,
@@ -380,35 +592,48 @@ def inject_udp(
 
 
 class UplinkCounters:
-    """nftables counters in the server namespace: engarde's UDP per server-side veth ``sv{i}``.
+    """nftables counters in the server namespace: engarde's UDP per server-side veth.
 
-    ``into(i)`` counts datagrams arriving on sv{i} for the engarde server port (copies the
-    client sent through uplink i), ``out_of(i)`` the server's copies leaving through sv{i}.
-    Matching is by interface name, so counters survive deleting and re-adding an uplink.
+    ``into(i)`` counts datagrams arriving on uplink i's server end for the engarde server port
+    (copies the client sent through uplink i), ``out_of(i)`` the server's copies leaving through
+    it. The server ends are client 0's ``sv{i}``, or with ``client=lab.clients[k]`` that client's
+    ``c{k}s{i}`` (one instance per client; each has its own table). Matching is by interface
+    name, so counters survive deleting and re-adding an uplink.
     """
 
     TABLE = "eg_test_counters"
 
-    def __init__(self, lab: Lab, n_names: int = 8, port: int = SERVER_PORT) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        n_names: int = 8,
+        port: int = SERVER_PORT,
+        *,
+        client: ClientSide | None = None,
+    ) -> None:
         self.lab = lab
-        lines = [f"table inet {self.TABLE} {{"]
-        for i in range(n_names):
-            lines += [f"  counter in_sv{i} {{ }}", f"  counter out_sv{i} {{ }}"]
+        side = client if client is not None else lab.clients[0]
+        self.names = [side.server_ifname(i) for i in range(n_names)]
+        self.table = self.TABLE if side.index == 0 else f"{self.TABLE}_c{side.index}"
+        lines = [f"table inet {self.table} {{"]
+        for name in self.names:
+            lines += [f"  counter in_{name} {{ }}", f"  counter out_{name} {{ }}"]
         lines.append("  chain input { type filter hook input priority -200;")
         lines += [
-            f'    iifname "sv{i}" udp dport {port} counter name "in_sv{i}"' for i in range(n_names)
+            f'    iifname "{name}" udp dport {port} counter name "in_{name}"' for name in self.names
         ]
         lines.append("  }")
         lines.append("  chain output { type filter hook output priority -200;")
         lines += [
-            f'    oifname "sv{i}" udp sport {port} counter name "out_sv{i}"' for i in range(n_names)
+            f'    oifname "{name}" udp sport {port} counter name "out_{name}"'
+            for name in self.names
         ]
         lines += ["  }", "}"]
         lab.run(lab.server_ns, "nft", "-f", "-", input="\n".join(lines) + "\n")
 
     def read(self) -> dict[str, int]:
         out = self.lab.run(
-            self.lab.server_ns, "nft", "-j", "list", "counters", "table", "inet", self.TABLE
+            self.lab.server_ns, "nft", "-j", "list", "counters", "table", "inet", self.table
         ).stdout
         counts: dict[str, int] = {}
         for item in json.loads(out)["nftables"]:
@@ -418,10 +643,10 @@ class UplinkCounters:
         return counts
 
     def into(self, i: int) -> int:
-        return self.read()[f"in_sv{i}"]
+        return self.read()[f"in_{self.names[i]}"]
 
     def out_of(self, i: int) -> int:
-        return self.read()[f"out_sv{i}"]
+        return self.read()[f"out_{self.names[i]}"]
 
     def wait_carrying(
         self,
@@ -437,7 +662,7 @@ class UplinkCounters:
         and the wait fails at once instead of timing out.
         """
         start = self.read()
-        keys = [f"{way}_sv{i}" for i in uplinks for way in ("in", "out")]
+        keys = [f"{way}_{self.names[i]}" for i in uplinks for way in ("in", "out")]
 
         def carried() -> bool:
             now = self.read()

@@ -12,28 +12,13 @@ import struct
 import sys
 import time
 
-
-def ip_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def packet(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload  # no UDP checksum
-    header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
-        socket.inet_aton(src), socket.inet_aton(dst),
-    )  # fmt: skip
-    header = header[:10] + struct.pack("!H", ip_checksum(header)) + header[12:]
-    return header + udp
+from rawudp import packet, raw_socket
 
 
 def main() -> None:
     dst, dport, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     rng = random.Random(7)
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    raw = raw_socket()
     kinds = {"junk": 0, "initiation": 0, "data": 0, "empty": 0}
     sources = set()
     rate = float(os.environ.get("FLOOD_RATE", "20000"))  # datagrams/s
