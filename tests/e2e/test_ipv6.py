@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from lab import Lab, ping
 from tests.net.helpers import (
@@ -137,6 +138,17 @@ def test_mixed_families_rotation_and_a_tentative_address(make_lab: Callable[...,
         return found
 
     wait_until(lambda: server_families() == {"ipv4", "ipv6"}, "the server serving both")
+
+    def link_rx(name: str) -> dict[str, Any]:
+        doc = api(lab, lab.client_ns, "/api/v2/status")
+        rx: dict[str, Any] = next(x for x in doc["links"] if x["name"] == name)["rx"]
+        return rx
+
+    # The dual-stack server answers each path from the address it was reached at (IPv4 through
+    # the IPv6 socket too): the client (dropForeignSources) accepts what arrives over each.
+    for name in ("up0", "up1"):
+        wait_until(lambda name=name: link_rx(name)["datagrams"] > 0, f"replies over {name}")
+        assert link_rx(name)["dropped"]["foreign"] == 0
 
     pinger = lab.start_ping(wg.server_ip, 1200, 0.01, timeout_s=2.0)
     # up2 down (both its paths) and back.
