@@ -1,4 +1,5 @@
-"""What the server knows about each client: its addresses, its WireGuard sessions, its route.
+"""What the server knows about each client: its addresses, its WireGuard sessions, its route,
+and how the dashboard sees them (`address_view`, `client_view`).
 
 Plain data, owned by `ServerCore` (core/server.py, where the rules live) and written only in
 the data path's thread. Three kinds of *route* carry datagrams from client addresses to
@@ -19,10 +20,14 @@ touches it, it only says which route a datagram takes and when a route's socket 
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from engarde.core.addr import format_address
 from engarde.core.copies import CopyTracker, LinkQuality
+from engarde.core.stats import errno_name
 
 Address = tuple[Any, ...]
 
@@ -100,3 +105,65 @@ class Initiation:
 
 
 Route = Client | Lobby | ClientAddress
+
+
+# ---- as the dashboard sees them (ServerCore.snapshot) ----------------------------------------
+
+
+def address_view(e: ClientAddress, now: float, cutoff: float) -> dict[str, Any]:
+    return {
+        "address": format_address(e.address),
+        "client": e.client.id if e.client is not None else None,
+        "last": int(max(0.0, now - e.last_seen)),
+        "lastReceivedAge": max(0.0, now - e.last_seen),
+        "firstSeenAge": max(0.0, now - e.first_seen),
+        "localAddress": local_ip(e.local_raw),
+        "alive": e.last_seen >= cutoff,
+        "confirmed": e.client is not None,
+        "provenBy": e.proven_by,
+        "probe": e.upstream is not None,
+        "counters": {
+            "rx_datagrams": e.rx_datagrams,
+            "rx_bytes": e.rx_bytes,
+            "tx_datagrams": e.tx_datagrams,
+            "tx_bytes": e.tx_bytes,
+            "tx_dropped_full": e.tx_dropped_full,
+            "tx_errors": e.tx_errors,
+            "last_tx_errno": errno_name(e.last_tx_errno),
+        },
+        "quality": e.quality.as_dict(now),
+    }
+
+
+def client_view(c: Client, now: float, cutoff: float) -> dict[str, Any]:
+    addresses = list(c.addresses.values())
+    return {
+        "id": c.id,
+        "label": c.label,
+        "firstSeenAge": max(0.0, now - c.first_seen),
+        "lastReceivedAge": max(0.0, now - c.last_seen),
+        "sessions": sorted(f"{i:08x}" for i in list(c.local_indices)),
+        "peerSessions": sorted(f"{i:08x}" for i in list(c.peer_indices)),
+        "upstream": c.upstream is not None,
+        "duplicatesDropped": c.duplicates_dropped,
+        "gone": {  # counters of its addresses forgotten meanwhile: totals never go down
+            "rx_datagrams": c.gone_rx_datagrams,
+            "rx_bytes": c.gone_rx_bytes,
+            "tx_datagrams": c.gone_tx_datagrams,
+            "tx_bytes": c.gone_tx_bytes,
+        },
+        "tracker": c.tracker.stats.as_dict(),
+        "addresses": [format_address(e.address) for e in addresses],
+        "alive": sum(1 for e in addresses if e.last_seen >= cutoff),
+    }
+
+
+@functools.lru_cache(maxsize=64)  # a server has few addresses; a flood logs one line per source
+def local_ip(raw: bytes | None) -> str:
+    """Raw 4/16 address bytes from IP_PKTINFO -> text; '' when unknown."""
+    if raw is None:
+        return ""
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        return ""

@@ -67,8 +67,6 @@ second and `sweep` a few times a second, and logs what `take_log` returns.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import itertools
 import struct
 from collections import OrderedDict
@@ -80,7 +78,17 @@ from engarde.config import ServerConfig
 from engarde.core import wireguard as wg
 from engarde.core.addr import format_address
 from engarde.core.copies import SERVER_BUDGET, CopyTracker, SlotBudget, lag_quantile_s
-from engarde.core.peers import Address, Client, ClientAddress, Initiation, Lobby, Route
+from engarde.core.peers import (
+    Address,
+    Client,
+    ClientAddress,
+    Initiation,
+    Lobby,
+    Route,
+    address_view,
+    client_view,
+    local_ip,
+)
 from engarde.core.stats import RelayStats, errno_name
 
 INDEX_TTL_S = 200.0  # a WireGuard session is rejected 180 s after its handshake
@@ -454,7 +462,7 @@ class ServerCore:
         proven = list(self.addresses.values())
         pending = list(self.pending.values())
         clients = list(self.clients.values())
-        sockets = [_address_view(e, now, cutoff) for e in [*reversed(proven), *reversed(pending)]]
+        sockets = [address_view(e, now, cutoff) for e in [*reversed(proven), *reversed(pending)]]
         return {
             "type": "server",
             "description": self.config.description,
@@ -470,7 +478,7 @@ class ServerCore:
             "counters": self.stats.as_dict(),
             "probesOpen": len(self.probes),
             "sockets": sockets,
-            "clients": [_client_view(c, now, cutoff) for c in clients],
+            "clients": [client_view(c, now, cutoff) for c in clients],
         }
 
     # ---- internals: addresses ----------------------------------------------------------------
@@ -527,7 +535,7 @@ class ServerCore:
             entry.probe_proven_at = now
         self._log.append(
             f"{client.name}: {format_address(entry.address)} carrying the tunnel "
-            f"(sent to {_ip(entry.local_raw) or 'listenAddr'}; {_HOW[how]})"
+            f"(sent to {local_ip(entry.local_raw) or 'listenAddr'}; {_HOW[how]})"
         )
 
     def _forget_address(self, entry: ClientAddress, now: float, *, in_table: bool = True) -> None:
@@ -733,65 +741,6 @@ def _remember(
 
 def _name(client: Client | None) -> str:
     return client.name if client is not None else "unproven"
-
-
-def _address_view(e: ClientAddress, now: float, cutoff: float) -> dict[str, Any]:
-    return {
-        "address": format_address(e.address),
-        "client": e.client.id if e.client is not None else None,
-        "last": int(max(0.0, now - e.last_seen)),
-        "lastReceivedAge": max(0.0, now - e.last_seen),
-        "firstSeenAge": max(0.0, now - e.first_seen),
-        "localAddress": _ip(e.local_raw),
-        "alive": e.last_seen >= cutoff,
-        "confirmed": e.client is not None,
-        "provenBy": e.proven_by,
-        "probe": e.upstream is not None,
-        "counters": {
-            "rx_datagrams": e.rx_datagrams,
-            "rx_bytes": e.rx_bytes,
-            "tx_datagrams": e.tx_datagrams,
-            "tx_bytes": e.tx_bytes,
-            "tx_dropped_full": e.tx_dropped_full,
-            "tx_errors": e.tx_errors,
-            "last_tx_errno": errno_name(e.last_tx_errno),
-        },
-        "quality": e.quality.as_dict(now),
-    }
-
-
-def _client_view(c: Client, now: float, cutoff: float) -> dict[str, Any]:
-    addresses = list(c.addresses.values())
-    return {
-        "id": c.id,
-        "label": c.label,
-        "firstSeenAge": max(0.0, now - c.first_seen),
-        "lastReceivedAge": max(0.0, now - c.last_seen),
-        "sessions": sorted(f"{i:08x}" for i in list(c.local_indices)),
-        "peerSessions": sorted(f"{i:08x}" for i in list(c.peer_indices)),
-        "upstream": c.upstream is not None,
-        "duplicatesDropped": c.duplicates_dropped,
-        "gone": {  # counters of its addresses forgotten meanwhile: totals never go down
-            "rx_datagrams": c.gone_rx_datagrams,
-            "rx_bytes": c.gone_rx_bytes,
-            "tx_datagrams": c.gone_tx_datagrams,
-            "tx_bytes": c.gone_tx_bytes,
-        },
-        "tracker": c.tracker.stats.as_dict(),
-        "addresses": [format_address(e.address) for e in addresses],
-        "alive": sum(1 for e in addresses if e.last_seen >= cutoff),
-    }
-
-
-@functools.lru_cache(maxsize=64)  # a server has few addresses; a flood logs one line per source
-def _ip(raw: bytes | None) -> str:
-    """Raw 4/16 address bytes from IP_PKTINFO -> text; '' when unknown."""
-    if raw is None:
-        return ""
-    try:
-        return str(ipaddress.ip_address(raw))
-    except ValueError:
-        return ""
 
 
 __all__ = ["ServerCore", "ServerStats", "lag_quantile_s"]
