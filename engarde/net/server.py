@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 EXPIRY_PERIOD_S = 1.0
 SWEEP_PERIOD_S = 0.25
 PROBE_BUFFER_BYTES = 256 * 1024  # a probe carries one address's datagrams for a moment
+RETIRE_AFTER_S = 3.0  # a replaced upstream socket (reload: WireGuard moved) is read this long
 
 _DATA_HEADER = struct.Struct("<IQ")  # receiver index, counter: at byte 4 of transport data
 
@@ -134,6 +135,7 @@ class ServerRelay:
         self.pktinfo = pktinfo
         self.log = LogLimiter(logger, per_s=5.0)
         self._open: dict[int, Route] = {}  # id(route) -> route, for close_all
+        self._retired: list[tuple[socket.socket, float]] = []  # replaced upstream sockets
         self._ancillary: dict[bytes, list[tuple[int, int, bytes]]] = {}
 
     # ---- routes' sockets ------------------------------------------------------------------------
@@ -172,6 +174,19 @@ class ServerRelay:
         """Shutdown, after the pump stopped: close every upstream socket."""
         for route in list(self._open.values()):
             self.close_route(route)
+        self._close_retired(float("inf"))
+
+    def _close_retired(self, now: float) -> None:
+        """Replaced upstream sockets close RETIRE_AFTER_S after their successor opened:
+        WireGuard answers the old one until a datagram reaches it through the new one."""
+        keep = []
+        for sock, since in self._retired:
+            if now - since >= RETIRE_AFTER_S:
+                self.pump.unregister(sock)
+                sock.close()
+            else:
+                keep.append((sock, since))
+        self._retired = keep
 
     def after(self, now: float) -> None:
         """What the core asked for meanwhile: close sockets, log."""
@@ -183,8 +198,9 @@ class ServerRelay:
 
     def apply_config(self, config: ServerConfig, dst: tuple[Any, ...]) -> None:
         """A reload, in the pump thread: the core's settings; a new WireGuard address gets every
-        route a new upstream socket (opened first, then the old one closed; probes just close:
-        the next datagram opens them again)."""
+        route a new upstream socket (opened first; the old one is still read for RETIRE_AFTER_S,
+        as WireGuard answers it until a datagram reaches it through the new one; probes just
+        close: the next datagram opens them again)."""
         now = time.monotonic()
         self.core.apply_config(config, now)
         if dst != self.dst:
@@ -200,9 +216,8 @@ class ServerRelay:
                     self.log.warning(now, f"reload: keeping the old upstream socket: {exc}")
                     continue
                 self.adopt(route, sock)
-                if old is not None:
-                    self.pump.unregister(old)
-                    old.close()
+                if old is not None:  # still read (its handler is the route's) a moment longer
+                    self._retired.append((old, now))
             logger.info("WireGuard now at %s: %d upstream sockets moved", config.dstAddr,
                         len(self._open))  # fmt: skip
         self.after(now)
@@ -213,6 +228,8 @@ class ServerRelay:
         now = time.monotonic()
         for line in self.core.expire(now):
             logger.info("%s", line)
+        if self._retired:
+            self._close_retired(now)
         self.after(now)
 
     def sweep(self) -> None:
