@@ -34,7 +34,7 @@ from tests.net.helpers import (
     write_config,
 )
 
-SETTLE_S = 1.6  # the copy window (1 s) plus a sweep period and some margin
+SETTLE_S = 2.5  # the copy window (1 s), a sweep period (0.25 s) and a wide margin
 LOSS_PCT = 20
 
 
