@@ -421,9 +421,16 @@ def parse_ping_output(stdout: str, stderr: str = "", interrupted: bool = False) 
 
 
 def _ping_cmd(
-    addr: str, count: int, interval_s: float, timeout_s: float, interface: str | None
+    addr: str,
+    count: int,
+    interval_s: float,
+    timeout_s: float,
+    interface: str | None,
+    size: int | None = None,
 ) -> list[str]:
     cmd = ["ping", "-n", "-D", "-c", str(count), "-i", f"{interval_s:g}", "-W", f"{timeout_s:g}"]
+    if size is not None:
+        cmd += ["-s", str(size), "-M", "do"]  # this payload size, never fragmented
     if _is_ipv6(addr):
         cmd.append("-6")  # iputils would guess it from the literal too; say it
     if interface is not None:
@@ -439,14 +446,18 @@ def ping(
     timeout_s: float = 1.0,
     *,
     interface: str | None = None,
+    size: int | None = None,
 ) -> PingResult:
     """Ping ``addr`` (IPv4 or IPv6) from namespace ``ns`` and wait for the result.
+
+    ``size``: the ICMP payload in bytes, sent unfragmented (default: ping's 56).
 
     ``timeout_s`` is how long ping waits for a late reply after the last request. ``interface``
     pins the requests to one interface (``ping -I``). Never raises for lost packets or
     unreachable networks (see ``PingResult.errors``); raises LabError only if ping hangs.
     """
-    argv = ["ip", "netns", "exec", ns, *_ping_cmd(addr, count, interval_s, timeout_s, interface)]
+    cmd = _ping_cmd(addr, count, interval_s, timeout_s, interface, size)
+    argv = ["ip", "netns", "exec", ns, *cmd]
     proc = _run(argv, check=False, timeout_s=count * interval_s + timeout_s + 10)
     return parse_ping_output(proc.stdout, proc.stderr)
 

@@ -4,8 +4,11 @@ Theory of operation: every WireGuard message starts with a type byte and three z
   1 handshake initiation  148 B   sender_index @4
   2 handshake response     92 B   sender_index @4, receiver_index @8
   3 cookie reply           64 B   receiver_index @4
-  4 transport data        >= 32 B, 16-byte aligned after the 16-byte header   receiver_index @4,
-                                  counter (u64 LE) @8
+  4 transport data        >= 32 B                 receiver_index @4, counter (u64 LE) @8
+Transport data is the 16-byte header, the encrypted packet and a 16-byte tag. WireGuard pads the
+packet to a multiple of 16 bytes *but never beyond the interface MTU*, so a packet that fills an
+MTU which is not a multiple of 16 (the default 1420: 1452-byte messages) is not aligned: any
+length from 32 bytes up is transport data.
 `message_type()` returns 1-4 for a datagram with that shape and JUNK (0) for anything else, so the
 server can count and drop junk before it reaches WireGuard or its client table.
 
@@ -33,7 +36,7 @@ def message_type(data: bytes | bytearray | memoryview, n: int) -> int:
         return JUNK
     kind = data[0]
     if kind == DATA:
-        return DATA if (n - DATA_MIN) % 16 == 0 else JUNK
+        return DATA
     return kind if _SIZES.get(kind) == n else JUNK
 
 

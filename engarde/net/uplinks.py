@@ -308,8 +308,8 @@ def uplink_handler(
             accepted += 1
             stats.rx_datagrams += 1
             stats.rx_bytes += n
-            # Transport data (type 4, reserved bytes zero, 32 + 16k bytes): one copy of many.
-            if buf[0] == 4 and n >= 32 and not n & 15 and buf[1:4] == _NOT_RESERVED:
+            # Transport data (type 4, reserved bytes zero, at least 32 bytes): one of N copies.
+            if buf[0] == 4 and n >= 32 and buf[1:4] == _NOT_RESERVED:
                 index, counter = header(buf, 4)
                 if not see(index, counter, buf[n - 16 : n], quality, now) and dedup:
                     relay.duplicates_dropped += 1

@@ -456,3 +456,22 @@ def test_odd_transport_data_never_raises(bad: bytes) -> None:
 
 def _unused(*_: Any) -> None:
     return None
+
+
+def test_message_shapes() -> None:
+    assert wg.message_type(initiation(1), 148) == wg.INITIATION
+    assert wg.message_type(response(1, 2), 92) == wg.RESPONSE
+    assert wg.message_type(cookie(3), 64) == wg.COOKIE_REPLY
+    assert wg.message_type(data(7, payload=0, tag=b""), 16) == wg.JUNK  # shorter than a tag
+    assert wg.message_type(data(7, payload=0), 32) == wg.DATA  # a keepalive
+    # A packet filling the default 1420-byte MTU: WireGuard pads only up to the MTU, so the
+    # message is 16 + 1420 + 16 = 1452 bytes, not a multiple of 16: still transport data.
+    assert wg.message_type(data(7, payload=1420), 1452) == wg.DATA
+    assert wg.message_type(b"\x04\x01\x00\x00" + bytes(28), 32) == wg.JUNK  # reserved not zero
+    assert wg.message_type(initiation(1)[:100], 100) == wg.JUNK
+    assert wg.message_type(bytes(64), 64) == wg.JUNK
+    assert wg.message_type(b"", 0) == wg.JUNK
+    assert wg.addressed_index(wg.DATA, data(0xDEADBEEF)) == 0xDEADBEEF
+    assert wg.addressed_index(wg.RESPONSE, response(5, 9)) == 9
+    assert wg.local_index_of(wg.RESPONSE, response(5, 9)) == 5
+    assert wg.local_index_of(wg.DATA, data(5)) is None

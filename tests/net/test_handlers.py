@@ -221,7 +221,7 @@ def test_only_exact_copies_of_transport_data_are_dropped() -> None:
     wg = ScriptedSocket()
     response = struct.pack("<B3xII", 2, 1, 2) + bytes(80)  # a handshake response, 92 bytes
     forged = transport_data(7, 0, tag=b"F" * 16)  # a real counter with another tag
-    odd = transport_data(7, 1)[:-8]  # not 16-byte aligned: not WireGuard data
+    odd = b"\x04\x00\x00\x01" + bytes(60)  # reserved bytes not zero: not WireGuard data
     first = [(transport_data(7, 0), SERVER), (response, SERVER), (odd, SERVER)]
     second = [(forged, SERVER), (response, SERVER), (odd, SERVER), (transport_data(7, 0), SERVER)]
     for handler in uplink_pair(c, [first, second], wg):
