@@ -442,15 +442,22 @@ class ServerCore:
 
     def take_closing(self) -> list[Route]:
         """Routes whose socket the shell must now unregister and close (then upstream=None)."""
-        out, self._closing = self._closing, []
+        out = list(self._closing)
+        self._closing.clear()  # in place: the shell's handlers hold the list (`pending_work`)
         return out
 
     @property
     def has_work(self) -> bool:
         return bool(self._log) or bool(self._closing)
 
+    @property
+    def pending_work(self) -> tuple[list[str], list[Route]]:
+        """The two lists behind `has_work`, for a hot loop to test without a call."""
+        return self._log, self._closing
+
     def take_log(self) -> list[str]:
-        out, self._log = self._log, []
+        out = list(self._log)
+        self._log.clear()
         return out
 
     # ---- status ------------------------------------------------------------------------------
