@@ -6,7 +6,8 @@ table and writes JSON under ``bench/results/``. The method is described in docs/
 
 Modules: :mod:`bench.build` compiles the C tools, :mod:`bench.procs` starts and reads processes,
 :mod:`bench.topology` adds what the benchmarks need on top of :class:`lab.Lab`,
-:mod:`bench.paths` the relay paths under test (direct, C relay, engarde),
+:mod:`bench.paths` the relay paths under test (direct, C relay, engarde; server relays alone;
+engarde with wireguard-go),
 :mod:`bench.scenarios` the measurements, :mod:`bench.report` the table and JSON,
 :mod:`bench.cli` the command line.
 """

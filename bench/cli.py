@@ -37,11 +37,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help="short runs, 3 repetitions (default; about 10 minutes)")
+                      help="short runs, 3 repetitions (default; about 13 minutes)")
     mode.add_argument("--full", action="store_true",
                       help="longer runs, 5 repetitions, 5 minutes of load for memory")
     p.add_argument("--only", action="append", default=[], metavar="NAME",
-                   help="run only these scenarios (comma-separated, globs allowed, repeatable)")
+                   help="run only these scenarios (comma-separated, globs allowed, repeatable): "
+                        + ", ".join(s.name for s in SCENARIOS))
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--markdown", type=Path, metavar="JSON",
                    help="print the table of a results file as Markdown and exit")

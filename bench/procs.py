@@ -61,6 +61,16 @@ def cpu_seconds_exact(pid: int) -> float:
     return total / 1e9
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (exited, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of a process in KiB from /proc/PID/status. Raises BenchError if it is gone."""
     try:

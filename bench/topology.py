@@ -7,6 +7,9 @@ the ports of a typical engarde setup:
     client ns: sender -> 127.0.0.1:59401 (client relay) -> up{i} -> 10.B.200.1:59402
     server ns: server relay 0.0.0.0:59402 -> 127.0.0.1:59301 (sink / echo, "WireGuard")
 
+With wireguard-go (the engarde-wg paths), WireGuard itself listens on 59301 and the load crosses
+the tunnel to a sink on the server's tunnel address, 10.B.250.1:59310.
+
 :class:`UplinkCounters` counts, in the server namespace, the relay datagrams that arrived through
 each ``sv{i}``: it tells when every uplink carries traffic, whatever the relay under test is.
 """
@@ -23,6 +26,7 @@ SERVER_PORT = 59402
 SERVER_LISTEN = f"0.0.0.0:{SERVER_PORT}"
 WG_PORT = 59301
 WG_ADDR = f"127.0.0.1:{WG_PORT}"
+TUNNEL_PORT = 59310  # the sink on the server's WireGuard tunnel address (engarde-wg paths)
 
 
 def server_dst(lab: Lab) -> str:

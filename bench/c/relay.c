@@ -39,7 +39,7 @@
 #include <unistd.h>
 
 #define MAX_UPLINKS 16
-#define MAX_CLIENTS 64
+#define MAX_CLIENTS 1024 /* source addresses remembered: 100 simulated clients x 3 uplinks fit */
 #define DRAIN 64
 #define BUF_SIZE 65536
 #define SOCK_BUF (4 << 20)
