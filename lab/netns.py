@@ -490,6 +490,10 @@ class PingProcess:
                 self.proc.wait()
         return self.result(interrupted)
 
+    def output(self) -> str:
+        """What ping printed so far (one timestamped line per reply: for failure messages)."""
+        return self._out.read_text(errors="replace")
+
     def result(self, interrupted: bool = False) -> PingResult:
         """Parse what ping wrote so far (complete once it has exited)."""
         out, err = self._out.read_text(errors="replace"), self._err.read_text(errors="replace")

@@ -72,7 +72,7 @@ def cut_and_restore_while_pinging(lab: Lab, server_ip: str, details: Any) -> Non
     lab.link_up(1)
     result = pinger.wait(timeout_s=60)
     timeline = " | ".join(f"{t:.3f} {what}" for t, what in events)
-    head = pinger._out.read_text()[:1500]  # noqa: SLF001 - ping's own timestamps, to compare
+    head = pinger.output()[:1500]  # ping's own timestamps, to compare with the timeline
     assert result.lost == [], f"{result}\n{timeline}\n{head}\n{details()}"
 
 
