@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from engarde.config import ClientConfig
-from engarde.core.client import ClientCore
+from engarde.core.client import ClientCore, UplinkPlan
 from engarde.net.pump import BATCH, Pump, run_pump
 from engarde.net.uplinks import Fanout, wireguard_handler
 
@@ -63,7 +63,8 @@ def _core() -> ClientCore:
 def _fanout(core: ClientCore, outs: list[socket.socket], dsts: list[Any]) -> Fanout:
     fanout = Fanout()
     for i, (out, dst) in enumerate(zip(outs, dsts, strict=True)):
-        fanout.add(i, (out.sendto, dst, core.stats_for(i)))
+        plan = UplinkPlan(i, f"up{i}", f"127.0.0.{i + 1}", "127.0.0.1:2")
+        fanout.add(plan.key, (out.sendto, dst, core.path_for(plan).stats))
     return fanout
 
 

@@ -32,8 +32,6 @@ RESTART_KEYS = frozenset(
         "server.relayNonWireGuard",
         "client.webManager.listenAddr",
         "server.webManager.listenAddr",
-        "client.webManager",
-        "server.webManager",
     }
 )
 

@@ -111,10 +111,6 @@ class Uplink:
     paths: dict[str, Path] = field(default_factory=dict)  # by source address
 
     @property
-    def socket_open(self) -> bool:
-        return any(p.socket_open for p in self.paths.values())
-
-    @property
     def last_error(self) -> str:
         errors = [p for p in self.paths.values() if p.last_error and not p.socket_open]
         return max(errors, key=lambda p: p.last_error_at or 0.0).last_error if errors else ""

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 WINDOW_S = 1.0
@@ -178,13 +178,7 @@ class TrackerStats:
     untracked_links: int = 0  # a link that found no free bit
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "settled": self.settled,
-            "sessions_started": self.sessions_started,
-            "sessions_evicted": self.sessions_evicted,
-            "sessions_reset": self.sessions_reset,
-            "untracked_links": self.untracked_links,
-        }
+        return asdict(self)
 
 
 class _Session:

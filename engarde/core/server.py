@@ -372,10 +372,6 @@ class ServerCore:
         cutoff = now - self.timeout_s
         return [e for e in client.addresses.values() if e.last_seen >= cutoff]
 
-    def alive_cutoff(self, now: float) -> float:
-        """Addresses last seen before this time no longer get replies."""
-        return now - self.timeout_s
-
     # ---- housekeeping ------------------------------------------------------------------------
 
     def expire(self, now: float) -> list[str]:
@@ -447,12 +443,9 @@ class ServerCore:
         return out
 
     @property
-    def has_work(self) -> bool:
-        return bool(self._log) or bool(self._closing)
-
-    @property
     def pending_work(self) -> tuple[list[str], list[Route]]:
-        """The two lists behind `has_work`, for a hot loop to test without a call."""
+        """The log lines and routes to close waiting for the shell (`take_log`,
+        `take_closing`): two lists kept in place, so a hot loop tests them without a call."""
         return self._log, self._closing
 
     def take_log(self) -> list[str]:

@@ -7,7 +7,7 @@ where it was meant to. Times are monotonic seconds as passed in by the shells.
 from __future__ import annotations
 
 import errno
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 def errno_name(code: int | None) -> str:
@@ -42,7 +42,7 @@ def merge_link_stats(parts: list[LinkStats]) -> LinkStats:
     """Several paths' counters as one (an interface's): sums, the latest receive time."""
     total = LinkStats()
     for part in parts:
-        for name in _SUMMED_LINK_FIELDS:
+        for name in _COUNTERS:
             setattr(total, name, getattr(total, name) + getattr(part, name))
         if part.last_tx_errno is not None:
             total.last_tx_errno = part.last_tx_errno
@@ -51,17 +51,7 @@ def merge_link_stats(parts: list[LinkStats]) -> LinkStats:
     return total
 
 
-_SUMMED_LINK_FIELDS = (
-    "tx_datagrams",
-    "tx_bytes",
-    "tx_dropped_full",
-    "tx_errors",
-    "rx_datagrams",
-    "rx_bytes",
-    "rx_foreign",
-    "rx_no_peer",
-    "rx_dropped_full",
-)
+_COUNTERS = tuple(f.name for f in fields(LinkStats) if f.type in ("int", int))
 
 
 @dataclass(slots=True)

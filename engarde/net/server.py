@@ -59,6 +59,7 @@ PROBE_BUFFER_BYTES = 256 * 1024  # a probe carries one address's datagrams for a
 RETIRE_AFTER_S = 3.0  # a replaced upstream socket (reload: WireGuard moved) is read this long
 
 _DATA_HEADER = struct.Struct("<IQ")  # receiver index, counter: at byte 4 of transport data
+_INDEX = struct.Struct("<I")  # the receiver index of what WireGuard sends, at byte 4
 _NOT_RESERVED = b"\0\0\0"  # bytes 1-3 of every WireGuard message
 
 
@@ -373,6 +374,8 @@ class ServerRelay:
         from_wireguard = core.from_wireguard
         fast = route if isinstance(route, Client) else None
         monotonic = time.monotonic
+        log_lines, closing = core.pending_work
+        receiver = _INDEX.unpack_from
         failed: list[tuple[ClientAddress, int | None]] = []
 
         batch = Batch()
@@ -398,7 +401,7 @@ class ServerRelay:
                 if (
                     fast is not None
                     and kind == DATA
-                    and (not strict or int.from_bytes(buf[4:8], "little") in fast.peer_indices)
+                    and (not strict or receiver(buf, 4)[0] in fast.peer_indices)
                 ):
                     targets = fast.addresses.values()  # the hot path: a known session
                 else:
@@ -431,7 +434,7 @@ class ServerRelay:
                     failed.clear()
             else:
                 batch.filled()
-            if core.has_work:
+            if log_lines or closing:
                 self.after(now)
 
         return drain

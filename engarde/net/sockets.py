@@ -117,15 +117,15 @@ def open_uplink_socket(ifname: str, source_ip: str, port: int = 0) -> socket.soc
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode() + b"\0")
         set_buffers(sock)
-        where: tuple[Any, ...] = (source_ip,)
+        scope: tuple[int, ...] = ()  # link-local IPv6 needs its interface: (flowinfo, scope)
         if family == socket.AF_INET6 and ipaddress.ip_address(source_ip).is_link_local:
-            where = (source_ip, 0, 0, socket.if_nametoindex(ifname))  # port set below
+            scope = (0, socket.if_nametoindex(ifname))
         try:
-            sock.bind(_with_port(where, port))
+            sock.bind((source_ip, port, *scope))
         except OSError as exc:
             if not port or exc.errno != errno.EADDRINUSE:
                 raise
-            sock.bind(_with_port(where, 0))
+            sock.bind((source_ip, 0, *scope))
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -134,10 +134,6 @@ def open_uplink_socket(ifname: str, source_ip: str, port: int = 0) -> socket.soc
             exc.errno,
         ) from exc
     return sock
-
-
-def _with_port(where: tuple[Any, ...], port: int) -> tuple[Any, ...]:
-    return (where[0], port, *where[2:]) if len(where) > 2 else (where[0], port)
 
 
 def open_upstream_socket(dst: tuple[str, int], *, buffer_bytes: int | None = None) -> socket.socket:
