@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test test-fast lint demo bench clean
+.PHONY: install system-deps test test-fast test-latest lint demo bench clean lock lock-upgrade
 
 install: $(STAMP)
 
@@ -12,11 +12,42 @@ install: $(STAMP)
 system-deps:
 	@bash scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml
+# The tested set: every dependency (and the build backend) at the version in constraints.txt, so a
+# fresh machine next year installs what passed here. pyproject.toml keeps only minimums, for people
+# who install engarde into their own environment. `make lock` regenerates constraints.txt after a
+# change to pyproject.toml (same versions where still allowed); `make lock-upgrade` moves everything
+# to the newest releases: run `make test` after it and commit both if green. `make test-latest`
+# tries the newest releases in a separate venv without touching the tested set.
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --upgrade 'pip>=25.3'
+	$(BIN)/pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+LOCK_VENV := .venv-lock
+PIP_COMPILE = $(LOCK_VENV)/bin/pip-compile -q --extra dev --all-build-deps --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links --output-file constraints.txt
+
+$(LOCK_VENV)/.installed:
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade 'pip>=25.3' pip-tools
+	touch $@
+
+lock: $(LOCK_VENV)/.installed
+	$(PIP_COMPILE) pyproject.toml
+
+lock-upgrade: $(LOCK_VENV)/.installed
+	$(PIP_COMPILE) --upgrade pyproject.toml
+
+LATEST_VENV := .venv-latest
+
+test-latest: system-deps
+	rm -rf $(LATEST_VENV)
+	$(PY) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/pip install -q --upgrade -e '.[dev]'
+	$(LATEST_VENV)/bin/python scripts/compare-versions.py constraints.txt
+	$(LATEST_VENV)/bin/pytest -q -rs $(PYTEST_ARGS)
 
 test: system-deps install
 	$(BIN)/pytest -q -rs $(PYTEST_ARGS)
@@ -35,4 +66,4 @@ bench: system-deps install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info bench/build
+	rm -rf $(VENV) $(LATEST_VENV) build *.egg-info bench/build
