@@ -113,6 +113,15 @@ def _client(c: ClientConfig) -> list[_Entry]:
     )
     if c.dstAddrV6:
         entries.append(_plain("client.dstAddrV6", c.dstAddrV6))
+    interval = c.resolve_interval_s
+    entries.append(
+        _plain(
+            "client.resolveInterval",
+            "never (host names resolved only when a socket is made)"
+            if interval is None
+            else f"{_format_s(interval)} (host names only; sooner when the server falls silent)",
+        )
+    )
     return entries
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_CLIENT_TIMEOUT_S",
     "DEFAULT_MAX_CLIENTS",
     "DEFAULT_MAX_PEERS",
+    "DEFAULT_RESOLVE_INTERVAL_S",
     "DEFAULT_WRITE_TIMEOUT_MS",
     "ClientConfig",
     "Config",
@@ -46,6 +47,7 @@ Family = Literal["ipv4", "ipv6"]
 
 DEFAULT_WRITE_TIMEOUT_MS = 10
 DEFAULT_CLIENT_TIMEOUT_S = 30.0
+DEFAULT_RESOLVE_INTERVAL_S = 60.0
 DEFAULT_MAX_CLIENTS = 1024
 DEFAULT_MAX_PEERS = 128
 
@@ -59,6 +61,20 @@ _WRITE_TIMEOUT_HELP = "expected milliseconds or a duration like '10ms', '1.5s', 
 _CLIENT_TIMEOUT_HELP = "expected seconds or a duration like '45s', '2m', '1500ms'"
 
 
+_RESOLVE_INTERVAL_HELP = "expected seconds or a duration like '60s', '5m', '1h'"
+
+# The sane ranges (issue 13): a value outside is a mistake, not a wish. A write deadline under
+# 1 ms or above an hour, an address timeout under a second (no reply would ever arrive) or
+# above a day, a re-resolve more often than every second or less often than a day.
+WRITE_TIMEOUT_RANGE_MS = (1, 3_600_000)
+CLIENT_TIMEOUT_RANGE_S = (Fraction(1), Fraction(86_400))
+RESOLVE_INTERVAL_RANGE_S = (Fraction(1), Fraction(86_400))
+
+
+def _out_of_range(low: str, high: str, meaning: str) -> ValueError:
+    return ValueError(f"must be from {low} to {high} ({meaning})")
+
+
 def _normalize_write_timeout(value: object) -> int:
     """-> milliseconds: 0 -> the default, negative -> -1 (disabled), fractions rounded up."""
     seconds = _parse_duration_s(value, bare_unit_s=Fraction(1, 1000), help_text=_WRITE_TIMEOUT_HELP)
@@ -67,6 +83,9 @@ def _normalize_write_timeout(value: object) -> int:
     if seconds == 0:
         return DEFAULT_WRITE_TIMEOUT_MS
     # Rounded up so that "250us" stays a (1 ms) timeout instead of becoming 0, i.e. the default.
+    # Compared as an exact fraction first: "1" and 400 zeros is an error, not an OverflowError.
+    if seconds * 1000 > WRITE_TIMEOUT_RANGE_MS[1]:
+        raise _out_of_range("1ms", "1h", "0 means the default, 10ms; negative disables it")
     return math.ceil(seconds * 1000)
 
 
@@ -76,6 +95,22 @@ def _normalize_client_timeout(value: object) -> float:
         raise ValueError("must not be negative (0 means the default, 30 seconds)")
     if seconds == 0:
         return DEFAULT_CLIENT_TIMEOUT_S
+    low, high = CLIENT_TIMEOUT_RANGE_S
+    if not low <= seconds <= high:
+        raise _out_of_range("1s", "24h", "0 means the default, 30 seconds")
+    return float(seconds)
+
+
+def _normalize_resolve_interval(value: object) -> float:
+    """-> seconds: 0 -> the default, negative -> -1.0 (never re-resolved)."""
+    seconds = _parse_duration_s(value, bare_unit_s=Fraction(1), help_text=_RESOLVE_INTERVAL_HELP)
+    if seconds < 0:
+        return -1.0
+    if seconds == 0:
+        return DEFAULT_RESOLVE_INTERVAL_S
+    low, high = RESOLVE_INTERVAL_RANGE_S
+    if not low <= seconds <= high:
+        raise _out_of_range("1s", "24h", "0 means the default, 60 seconds; negative: never")
     return float(seconds)
 
 
@@ -217,6 +252,19 @@ class ClientConfig(_RoleConfig):
     every usable address of these families is a path."""
     dstAddrV6: str = ""
     """The server for IPv6 paths when dstAddr is an IPv4 address."""
+    resolveInterval: float = DEFAULT_RESOLVE_INTERVAL_S
+    """Seconds between resolutions of destinations given as host names (-1: never again)."""
+
+    @field_validator("resolveInterval", mode="before")
+    @classmethod
+    def _resolve_interval(cls, value: object) -> float:
+        return _normalize_resolve_interval(value)
+
+    @property
+    def resolve_interval_s(self) -> float | None:
+        """How often host-name destinations are resolved again; None: only when a socket is
+        made."""
+        return None if self.resolveInterval < 0 else self.resolveInterval
 
     @field_validator("addressFamilies")
     @classmethod
@@ -277,9 +325,9 @@ class ServerConfig(_RoleConfig):
 
     clientTimeout: float = DEFAULT_CLIENT_TIMEOUT_S
     """Seconds after validation (0 in the file means the default, 30)."""
-    maxClients: int = Field(default=DEFAULT_MAX_CLIENTS, ge=1)
+    maxClients: int = Field(default=DEFAULT_MAX_CLIENTS, ge=1, le=1_048_576)
     """Client addresses (one per client uplink) served at once, over all clients."""
-    maxPeers: int = Field(default=DEFAULT_MAX_PEERS, ge=1)
+    maxPeers: int = Field(default=DEFAULT_MAX_PEERS, ge=1, le=65_536)
     """Clients (WireGuard peers, each with its own upstream socket) served at once."""
     relayNonWireGuard: bool = False
     """Relay datagrams that are not shaped like WireGuard messages (off: counted and dropped)."""

@@ -143,6 +143,7 @@ _UNITS_S: dict[str, Fraction] = {
 }
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _BARE_NUMBER_RE = re.compile(rf"\s*([+-]?){_NUMBER}\s*")
+_MAX_DURATION_CHARS = 1000
 _DURATION_PART_RE = re.compile(rf"\s*({_NUMBER})\s*(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -163,6 +164,8 @@ def _parse_duration_s(value: object, *, bare_unit_s: Fraction, help_text: str) -
     if not isinstance(value, str):
         raise ValueError(help_text)
     text = value.strip()
+    if len(text) > _MAX_DURATION_CHARS:  # no sane duration is this long; int() would refuse it
+        raise ValueError(f"{help_text} (too long)")
     if _BARE_NUMBER_RE.fullmatch(text):
         return Fraction(text.replace(" ", "")) * bare_unit_s
     sign = 1

@@ -1093,3 +1093,66 @@ def test_check_config_against_the_running_file(
     assert "would change nothing" in capsys.readouterr().out
     edited.write_text("client: [")
     assert main(["check-config", str(edited), "--against", str(running)]) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Ranges (issue 13 item 5): odd durations are a clear error, never a traceback
+
+
+HUGE = '"1' + "0" * 400 + '"'
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (
+            f"clientTimeout: {HUGE}",
+            "server.clientTimeout: must be from 1s to 24h (0 means the default, 30 seconds), got",
+        ),
+        (
+            'clientTimeout: "1ns"',
+            "server.clientTimeout: must be from 1s to 24h (0 means the default, 30 seconds), "
+            "got '1ns'",
+        ),
+        ('clientTimeout: "25h"', "server.clientTimeout: must be from 1s to 24h"),
+        (
+            f"writeTimeout: {HUGE}",
+            "server.writeTimeout: must be from 1ms to 1h (0 means the default, 10ms; negative "
+            "disables it), got",
+        ),
+        ('writeTimeout: "2h"', "server.writeTimeout: must be from 1ms to 1h"),
+        ("maxClients: 9999999999", "server.maxClients: "),
+        ("maxPeers: 100000", "server.maxPeers: "),
+        ('clientTimeout: "' + "9" * 2000 + 's"', "server.clientTimeout: expected seconds"),
+    ],
+)
+def test_durations_and_counts_out_of_range(line: str, problem: str) -> None:
+    assert only_problem(server_with(line + "\n")).startswith("engarde.yml: " + problem)
+
+
+def test_every_problem_one_line_naming_its_key() -> None:
+    text = server_with(f'clientTimeout: {HUGE}\nwriteTimeout: "2h"\n')
+    problems = problems_of(text)
+    keys = sorted(p.split(":")[1].strip() for p in problems)
+    assert keys == ["server.clientTimeout", "server.writeTimeout"], problems
+    assert all("\n" not in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, 60.0), ("0", 60.0), ('"5m"', 300.0), ("30", 30.0), ("-1", None), ('"24h"', 86400.0)],
+)
+def test_resolve_interval(value: str | None, seconds: float | None) -> None:
+    text = MINIMAL_CLIENT if value is None else client_with(f"resolveInterval: {value}\n")
+    config = load_config_text(text)
+    assert config.client is not None
+    assert config.client.resolve_interval_s == seconds
+    if seconds is not None:
+        assert f"client.resolveInterval: {seconds:g}s" in describe(config, "client")
+
+
+def test_resolve_interval_range() -> None:
+    assert only_problem(client_with('resolveInterval: "100ms"\n')) == (
+        "engarde.yml: client.resolveInterval: must be from 1s to 24h (0 means the default, "
+        "60 seconds; negative: never), got '100ms'"
+    )
