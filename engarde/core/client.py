@@ -52,7 +52,7 @@ from engarde.core.links import (
     source_address,
     usability,
 )
-from engarde.core.stats import LinkStats, RelayStats, errno_name, merge_link_stats
+from engarde.core.stats import ClientStats, LinkStats, errno_name, merge_link_stats
 
 EXCLUDED = "excluded"
 GONE = "gone"
@@ -122,7 +122,7 @@ class ClientCore:
         self.table = InterfaceTable()
         self.uplinks: dict[int, Uplink] = {}
         self.overrides: dict[str, bool] = {}  # runtime exclusions: name -> excluded?
-        self.stats = RelayStats()
+        self.stats = ClientStats()
         self.dedup = config.dedup
         self.drop_foreign = config.dropForeignSources
         self.tracker = CopyTracker(budget=SlotBudget(CLIENT_BUDGET))
@@ -154,9 +154,11 @@ class ClientCore:
 
     # ---- inputs from WireGuard's side ---------------------------------------------------
 
-    def on_wireguard_source(self, source: tuple[Any, ...]) -> str | None:
-        """WireGuard sent from a new address; returns a log line for the shell (or None)."""
+    def on_wireguard_source(self, source: tuple[Any, ...]) -> str:
+        """WireGuard sent from a new address (any local process can: counted, and the shell
+        rate-limits the log line this returns)."""
         old, self.wg_peer = self.wg_peer, source
+        self.stats.wg_peer_changes += 1
         if old is None:
             return f"WireGuard peer at {format_address(source)}: replies go there"
         new = format_address(source)

@@ -71,3 +71,10 @@ class RelayStats:
 
     def as_dict(self) -> dict[str, int]:
         return dict(asdict(self))
+
+
+@dataclass(slots=True)
+class ClientStats(RelayStats):
+    """The client's process-wide counters."""
+
+    wg_peer_changes: int = 0  # WireGuard's source (where replies go) changed: any local sender

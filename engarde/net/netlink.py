@@ -176,6 +176,25 @@ async def _dump_async() -> Dump:
     return dump
 
 
+REDUMP_RETRY_FIRST_S = 0.1  # then doubling, up to REDUMP_RETRY_MAX_S
+REDUMP_RETRY_MAX_S = 5.0
+
+
+async def redump() -> Dump:
+    """Dump links and addresses again after an overflow. An OSError here (EMFILE: no file
+    descriptor for the dump socket, ENOBUFS again) is retried with backoff: the running
+    uplinks keep carrying copies meanwhile, so it must not end the client."""
+    delay = REDUMP_RETRY_FIRST_S
+    while True:
+        try:
+            return await _dump_async()
+        except OSError as exc:
+            logger.warning("netlink: re-reading interfaces failed (%s); retrying in %gs",
+                           errno.errorcode.get(exc.errno or 0, exc), delay)  # fmt: skip
+            await trio.sleep(delay)
+            delay = min(REDUMP_RETRY_MAX_S, delay * 2)
+
+
 def _open_events_socket() -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     try:
@@ -219,7 +238,7 @@ async def run_netlink_watcher(
                 if exc.errno != errno.ENOBUFS:
                     raise NetlinkError(f"netlink receive failed: {exc}") from exc
                 logger.warning("netlink: kernel dropped interface events (ENOBUFS), re-reading all")
-                dump = await _dump_async()
+                dump = await redump()
                 listener.on_resync(dump.links, dump.addrs, time.monotonic())
                 continue
             now = time.monotonic()

@@ -58,6 +58,8 @@ SWEEP_PERIOD_S = 0.25
 PROBE_BUFFER_BYTES = 256 * 1024  # a probe carries one address's datagrams for a moment
 RETIRE_AFTER_S = 3.0  # a replaced upstream socket (reload: WireGuard moved) is read this long
 
+MAX_ANCILLARY = 256  # reply control messages kept, one per local address replies leave from
+
 _DATA_HEADER = struct.Struct("<IQ")  # receiver index, counter: at byte 4 of transport data
 _INDEX = struct.Struct("<I")  # the receiver index of what WireGuard sends, at byte 4
 _NOT_RESERVED = b"\0\0\0"  # bytes 1-3 of every WireGuard message
@@ -118,6 +120,20 @@ async def run_server(
             relay.close_all()
 
 
+Ancillary = list[tuple[int, int, bytes]]
+
+
+def remember_ancillary(cache: dict[bytes, Ancillary], local_raw: bytes) -> Ancillary:
+    """The IP_PKTINFO control message that makes a reply leave from `local_raw`, kept in
+    `cache`. Bounded: a host that owns many addresses (a routed prefix, AnyIP) can be sent to
+    at any of them, so past MAX_ANCILLARY entries the oldest is forgotten (it is cheap to
+    build again)."""
+    if len(cache) >= MAX_ANCILLARY:
+        del cache[next(iter(cache))]
+    anc = cache[local_raw] = reply_ancdata(local_raw)
+    return anc
+
+
 class ServerRelay:
     """The server's sockets and handlers; everything here runs in the pump thread (or before
     it starts / after it stopped)."""
@@ -138,7 +154,7 @@ class ServerRelay:
         self.log = LogLimiter(logger, per_s=5.0)
         self._open: dict[int, Route] = {}  # id(route) -> route, for close_all
         self._retired: list[tuple[socket.socket, float]] = []  # replaced upstream sockets
-        self._ancillary: dict[bytes, list[tuple[int, int, bytes]]] = {}
+        self._ancillary: dict[bytes, Ancillary] = {}
 
     # ---- routes' sockets ------------------------------------------------------------------------
 
@@ -414,7 +430,7 @@ class ServerRelay:
                         if pktinfo and entry.local_raw is not None:
                             anc = ancillary.get(entry.local_raw)
                             if anc is None:
-                                anc = ancillary[entry.local_raw] = reply_ancdata(entry.local_raw)
+                                anc = remember_ancillary(ancillary, entry.local_raw)
                             sendmsg([data], anc, 0, entry.address)
                         else:
                             sendto(data, entry.address)

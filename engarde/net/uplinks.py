@@ -33,6 +33,7 @@ from engarde.core.client import ClientCore, PathKey, UplinkPlan
 from engarde.core.copies import LinkQuality
 from engarde.core.stats import LinkStats
 from engarde.net.pump import Batch, Handler, Pump
+from engarde.net.ratelimit import LogLimiter
 from engarde.net.sockets import (
     RECV_BYTES,
     SocketSetupError,
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.05  # then doubling: 0.1, 0.2, ... up to RETRY_MAX_S
 RETRY_MAX_S = 10.0
+PEER_LOG_PER_S = 0.2  # "WireGuard moved" lines: a burst of 5, then one every 5 s at most
+PEER_LOG_BURST = 5.0
 
 # (bound sendto, destination, the path's counters): what the WireGuard-side loop needs per copy.
 Target = tuple[Callable[[Any, Any], int], tuple[Any, ...], LinkStats]
@@ -342,6 +345,7 @@ def wireguard_handler(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) 
     view = memoryview(buf)
     recv = wg_sock.recvfrom_into
     relay = core.stats
+    peer_log = LogLimiter(logger, per_s=PEER_LOG_PER_S, burst=PEER_LOG_BURST)
 
     batch = Batch()
 
@@ -355,8 +359,8 @@ def wireguard_handler(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) 
             except OSError:  # nothing known raises here; count it rather than stop the relay
                 relay.recv_errors += 1
                 continue
-            if src != core.wg_peer:
-                logger.info("%s", core.on_wireguard_source(src))
+            if src != core.wg_peer:  # any local sender can do this: counted, log rate-limited
+                peer_log.info(time.monotonic(), core.on_wireguard_source(src))
             if n == 0:
                 relay.empty_datagrams += 1
                 continue

@@ -303,7 +303,7 @@ def test_an_ipv6_server_on_ipv4_uplinks_shows_the_real_state() -> None:
     """Issue 13 item 5: an IPv6 dstAddr, IPv4 uplinks. No socket that could only fail is made
     (no plan), the link says why (not "active"), and loading warns."""
     text = CONFIG.replace('"198.51.100.32:59402"', '"[2001:db8::32]:59402"')
-    text = text.replace('      dstAddr: "203.0.113.9:59402"', '      dstAddrV6: "[2001:db8::9]:59402"')
+    text = text.replace('dstAddr: "203.0.113.9:59402"', 'dstAddrV6: "[2001:db8::9]:59402"')
     config = load_config_text(text, role="client")
     assert any("no server address for ipv4 paths" in w for w in config.warnings), config.warnings
     core = make_core(text)

@@ -8,9 +8,12 @@ the real-socket behaviour is covered in test_relay.py and test_hostile.py.
 from __future__ import annotations
 
 import errno
+import logging
 import struct
 from collections.abc import Iterable
 from typing import Any
+
+import pytest
 
 from engarde.config import ClientConfig
 from engarde.core.client import ClientCore, Path, UplinkPlan
@@ -230,3 +233,23 @@ def test_only_exact_copies_of_transport_data_are_dropped() -> None:
     assert sent == [transport_data(7, 0), response, odd, forged, response, odd]
     assert c.stats.duplicates_dropped == 1
     assert path(c, 1).quality.forged == 1
+
+
+def test_reply_target_changes_are_counted_and_their_log_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 13 item 5: any local process can send to the client's listen address and become
+    where replies go. 200 senders, one datagram each: every change counted, a handful of lines
+    (one per datagram before: a local flood became a log flood on the data path)."""
+    c = core()
+    senders = [("127.0.0.1", 40000 + i) for i in range(200)]
+    wg = ScriptedSocket([(b"x" * 40, src) for src in senders])
+    fanout = Fanout()
+    handler = wireguard_handler(wg, c, fanout)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="engarde.net.uplinks"):
+        drain_all(handler, times=20)
+    assert c.stats.wg_peer_changes == 200
+    assert c.wg_peer == senders[-1]
+    moved = [r for r in caplog.records if "WireGuard" in r.getMessage()]
+    assert 1 <= len(moved) <= 10, [r.getMessage() for r in moved]
+    assert c.snapshot(0.0)["counters"]["wg_peer_changes"] == 200

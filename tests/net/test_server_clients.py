@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from engarde.net.server import MAX_ANCILLARY, remember_ancillary
+from engarde.net.sockets import reply_ancdata
 from lab import Lab, ping
 from tests.net.helpers import (
     CLIENT_LISTEN,
@@ -193,3 +196,16 @@ def test_clients_and_probes_that_come_and_go_leave_no_socket_behind(lab: Lab) ->
     assert counters["probes_opened"] > 0, counters
     sink.stop()
     assert "Traceback" not in server.log.text()
+
+
+def test_reply_ancillary_cache_is_bounded() -> None:
+    """Issue 13 item 5: one control message per local address replies leave from, kept for
+    reuse; a server sent to at many addresses (a routed prefix) must not grow it forever."""
+    cache: dict[bytes, Any] = {}
+    for i in range(1000):
+        raw = struct.pack("!I", 0x0A000000 + i)
+        assert remember_ancillary(cache, raw) == reply_ancdata(raw)
+        assert len(cache) <= MAX_ANCILLARY
+    assert len(cache) == MAX_ANCILLARY
+    assert struct.pack("!I", 0x0A000000 + 999) in cache  # the newest kept, the oldest gone
+    assert struct.pack("!I", 0x0A000000) not in cache
