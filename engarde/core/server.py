@@ -127,6 +127,8 @@ class ServerStats(RelayStats):
     cookies_to_unproven: int = 0  # cookie replies sent to initiators not proven yet
     unroutable_from_wireguard: int = 0  # WireGuard sent something for no known address
     upstream_errors: int = 0  # the shell could not open a route's socket
+    local_moves: int = 0  # a proven address now sends to another local address (proven)
+    local_moves_refused: int = 0  # ... claimed by an unproven datagram: nothing moved
 
 
 class ServerCore:
@@ -254,8 +256,14 @@ class ServerCore:
         if kind == wg.DATA:
             index, counter = _DATA_HEADER.unpack_from(data, 4)
             if index in client.local_indices:
-                self._touch(entry, local_raw, now)
-                return self._track(client, entry, index, counter, bytes(data[n - 16 : n]), now)
+                tag = bytes(data[n - 16 : n])
+                if local_raw == entry.local_raw or self._move_local(
+                    entry, client, local_raw, client.tracker.has_copy(index, counter, tag)
+                ):
+                    self._touch(entry, local_raw, now)
+                # Else sent to another of our addresses and not proven: WireGuard judges it,
+                # but it moves nothing and refreshes nothing (it may be spoofed).
+                return self._track(client, entry, index, counter, tag, now)
             # Not a session of its client: maybe one we have not learned (WireGuard judges),
             # maybe another client's, then if WireGuard accepts it through this client's socket
             # its answer there shows both are one peer (merge). Refreshes nothing.
@@ -263,9 +271,32 @@ class ServerCore:
             return client
         if kind == wg.INITIATION:
             self._record_initiation(entry.address, data, now)
-        elif kind == wg.RESPONSE and wg.index_at(data, 8) in client.local_indices:
+        elif (
+            kind == wg.RESPONSE
+            and wg.index_at(data, 8) in client.local_indices
+            and (local_raw == entry.local_raw or self._move_local(entry, client, local_raw, False))
+        ):
             self._touch(entry, local_raw, now)
         return client
+
+    def _move_local(
+        self, entry: ClientAddress, client: Client, local_raw: bytes | None, proven: bool
+    ) -> bool:
+        """A proven address sent to another of our addresses (a multi-homed server). Replies
+        to it leave from the address it sends to, so a spoofed datagram sent to the other
+        address would make them leave from there (and the client, which drops anything but
+        the server address it sends to, drop them). Only a proven datagram of its client's
+        session may move it: an exact copy of one a proven path delivered (`proven`)."""
+        if not proven:
+            self.stats.local_moves_refused += 1
+            return False
+        self.stats.local_moves += 1
+        old, new = local_ip(entry.local_raw) or "listenAddr", local_ip(local_raw) or "listenAddr"
+        self._log.append(
+            f"{client.name}: {format_address(entry.address)} now sends to {new} (was {old}): "
+            "replies leave from there"
+        )
+        return True
 
     def _track(
         self, client: Client, entry: ClientAddress, index: int, counter: int, tag: bytes, now: float

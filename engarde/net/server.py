@@ -317,8 +317,8 @@ class ServerRelay:
                         route = client
                     elif n >= 32 and buf[0] == 4 and buf[1:4] == _NOT_RESERVED:
                         index, counter = header(buf, 4)
-                        if index in client.local_indices:
-                            route = client
+                        if index in client.local_indices and local == entry.local_raw:
+                            route = client  # (sent elsewhere: the core decides, see _move_local)
                     if route is not None:
                         entry.last_seen = now
                         entry.local_raw = local

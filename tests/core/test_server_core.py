@@ -72,10 +72,12 @@ class Shell:
         self.closed: list[Route] = []
         self.to_wireguard: list[tuple[Route, bytes]] = []
 
-    def send(self, src: tuple[str, int], msg: bytes, now: float) -> Route | None:
+    def send(
+        self, src: tuple[str, int], msg: bytes, now: float, local: bytes = LOCAL
+    ) -> Route | None:
         kind = wg.message_type(msg, len(msg)) if self.core.strict else wg.DATA
         assert kind != wg.JUNK
-        route = self.core.from_client(src, LOCAL, kind, msg, len(msg), now)
+        route = self.core.from_client(src, local, kind, msg, len(msg), now)
         if route is not None:
             if route.upstream is None:
                 route.upstream = f"socket-{id(route)}"
@@ -475,3 +477,48 @@ def test_message_shapes() -> None:
     assert wg.addressed_index(wg.RESPONSE, response(5, 9)) == 9
     assert wg.local_index_of(wg.RESPONSE, response(5, 9)) == 5
     assert wg.local_index_of(wg.DATA, data(5)) is None
+
+
+# ---- a multi-homed server: where replies leave from (issue 13 item 6) ---------------------------
+
+OTHER_LOCAL = bytes([198, 51, 100, 1])  # the server's other address
+
+
+def test_a_spoofed_datagram_to_the_other_address_moves_nothing() -> None:
+    core = make_core()
+    shell = Shell(core)
+    client = handshake(shell, [A1, A2], ours=77, theirs=11, now=1.0)
+    assert shell.send(A1, data(77, counter=1), now=2.0) is client
+    entry = core.addresses[A1]
+    assert entry.local_raw == LOCAL
+    # An attacker who knows the session index, as A1, to the server's other address: WireGuard
+    # gets it (it judges), but replies keep leaving from the address A1 really sends to.
+    for counter in range(100, 110):
+        spoofed = data(77, counter=counter, tag=b"S" * 16)
+        assert shell.send(A1, spoofed, now=3.0, local=OTHER_LOCAL) is client
+    assert entry.local_raw == LOCAL
+    assert entry.last_seen == 2.0  # and it kept nothing alive
+    assert core.stats.local_moves_refused == 10
+    assert core.stats.local_moves == 0
+    # A handshake response from there moves nothing either.
+    shell.send(A1, response(12, 77), now=3.5, local=OTHER_LOCAL)
+    assert entry.local_raw == LOCAL and core.stats.local_moves_refused == 11
+
+
+def test_a_proven_datagram_moves_where_replies_leave_from() -> None:
+    core = make_core()
+    shell = Shell(core)
+    client = handshake(shell, [A1, A2], ours=77, theirs=11, now=1.0)
+    assert shell.send(A2, data(77, counter=5), now=2.0) is client  # the first copy, via A2
+    # A1's copy of the same datagram, sent to the other address: an exact copy proves it.
+    shell.send(A1, data(77, counter=5), now=2.01, local=OTHER_LOCAL)
+    entry = core.addresses[A1]
+    assert entry.local_raw == OTHER_LOCAL
+    assert entry.last_seen == 2.01
+    assert core.stats.local_moves == 1 and core.stats.local_moves_refused == 0
+    assert any("now sends to 198.51.100.1 (was 192.0.2.1)" in line for line in core.take_log())
+    # From there on, data to the new address is at home; the old one is now "elsewhere".
+    assert shell.send(A1, data(77, counter=6), now=3.0, local=OTHER_LOCAL) is client
+    assert entry.last_seen == 3.0
+    shell.send(A1, data(77, counter=7, tag=b"S" * 16), now=4.0)
+    assert entry.local_raw == OTHER_LOCAL and core.stats.local_moves_refused == 1
