@@ -7,8 +7,17 @@ after another (admin down, interface deleted, blackhole, carrier loss, heavy ran
 once): one uplink is always left. Every ping should come back.
 
     sudo .venv/bin/python examples/demo.py            # what `make demo` runs
+    sudo .venv/bin/python examples/demo.py --hold     # `make demo DEMO_ARGS=--hold`
     sudo .venv/bin/python examples/demo.py --no-engarde   # WireGuard straight over the lab
     sudo .venv/bin/python examples/demo.py --clients 3    # three clients, one server
+
+The dashboards of the engarde client and server are reachable from a browser on this machine:
+each namespace gets a veth from the host's namespace with its own small subnet (see
+lab/host_link.py: a free 172.30.N.0/24, a /30 per namespace, nothing else routed), each dashboard
+listens on its namespace's end, and the URLs are printed at the start. ``--hold`` keeps the
+tunnel, the pings and the cycle of cuts running (stretched by ``--pace``, 3 by default with
+``--hold``: a link stays cut for 6 s) until Ctrl-C, so a person can watch links go down and come
+back on the page; each cycle's pings are reported as it ends.
 
 With ``--no-engarde`` WireGuard talks to the server over whichever uplink routing picks, which
 shows what engarde is for: pings are lost while that uplink is cut.
@@ -21,17 +30,21 @@ per client.
 
 Exit code: 0 when no ping was lost (by any client), 1 when some were (or engarde died), 2 when
 the machine cannot run the lab (needs root, ip, nft, ping, wireguard-go, wg), 130 when
-interrupted. Everything is cleaned up on exit, Ctrl-C or SIGTERM. Traffic stays inside the demo's
-own namespaces.
+interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (how ``--hold`` ends). Everything is cleaned up on
+exit, Ctrl-C or SIGTERM: namespaces, the host links, every process. Traffic stays inside the
+demo's own namespaces and their host links.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +66,14 @@ from lab import (  # noqa: E402
     lab_available,
     ping,
 )
+from lab.host_link import HostLink, HostLinks  # noqa: E402
 from lab.netns import seq_ranges  # noqa: E402
 
 CLIENT_LISTEN = "127.0.0.1:59401"  # WireGuard's peer Endpoint on the client side
 SERVER_PORT = 59402  # engarde server, on the service address
 WG_PORT = 59301  # WireGuard server ListenPort
-WEB_LISTEN = "127.0.0.1:8080"  # dashboard, inside each client namespace
+WEB_PORT = 8080  # each client's dashboard, on its namespace's end of its host link
+SERVER_WEB_PORT = 8081  # the server's dashboard, likewise
 UPLINKS = 3  # per client
 
 
@@ -122,6 +137,8 @@ def restore_two(client: ClientSide) -> None:
 
 DURATION_S = 25.0
 MAX_PINGS = 60_000  # icmp_seq is 16 bits
+HOLD_PACE = 3.0  # with --hold: a cut lasts 6 s, a cycle 75 s
+MIN_PACE, MAX_PACE = 0.5, 20.0
 
 
 @dataclass
@@ -133,38 +150,60 @@ class Tunnel:
     wg: WireGuardPair | WireGuardPeer
 
 
-def client_config(lab: Lab, tunnel: Tunnel, web: bool) -> str:
+def client_config(lab: Lab, tunnel: Tunnel, host_link: HostLink | None) -> str:
     description = f"engarde demo {tunnel.label}"  # "engarde demo client" with one client
+    # The host link is an interface of the namespace like the uplinks: never an uplink.
+    excluded = [tunnel.wg.client_if] + ([host_link.ns_if] if host_link else [])
+    labels = {"up0": "first", "up1": "second", "up2": "third"}
+    if host_link:
+        labels[host_link.ns_if] = "the dashboard's link to the host"
     text = f"""\
 client:
   description: "{description}"
   listenAddr: "{CLIENT_LISTEN}"
   dstAddr: "{lab.service_addr}:{SERVER_PORT}"
-  excludedInterfaces: ["{tunnel.wg.client_if}"]
-  interfaceLabels: {{up0: "first", up1: "second", up2: "third"}}
+  excludedInterfaces: {json.dumps(excluded)}
+  interfaceLabels: {json.dumps(labels)}
 """
-    if web:
-        text += f'  webManager: {{listenAddr: "{WEB_LISTEN}"}}\n'
+    if host_link:
+        text += web_manager(host_link, WEB_PORT)
     return text
 
 
-def server_config() -> str:
-    return f"""\
+def server_config(host_link: HostLink | None) -> str:
+    text = f"""\
 server:
   description: "engarde demo server"
   listenAddr: "0.0.0.0:{SERVER_PORT}"
   dstAddr: "127.0.0.1:{WG_PORT}"
 """
+    if host_link:
+        text += web_manager(host_link, SERVER_WEB_PORT)
+    return text
+
+
+def web_manager(host_link: HostLink, port: int) -> str:
+    """The dashboard on the namespace's end of its host link, where the host reaches it."""
+    return f'  webManager: {{listenAddr: "{host_link.ns_ip}:{port}"}}\n'
 
 
 class Demo:
-    def __init__(self, lab: Lab, args: argparse.Namespace) -> None:
+    def __init__(
+        self, lab: Lab, args: argparse.Namespace, host_links: HostLinks | None = None
+    ) -> None:
         self.lab = lab
         self.args = args
+        self.host_links = host_links
+        self.links: dict[str, HostLink] = {}  # "server", "client" (or "client0", ...) -> link
         self.engarde: dict[str, subprocess.Popen[Any]] = {}
         self.start = time.monotonic()
         self.log_offsets: dict[str, int] = {}
         self.several = len(lab.clients) > 1
+        self.pace: float = args.pace
+        self.pingers: list[PingProcess] = []  # running now (stopped on Ctrl-C)
+        self.cycles = 0
+        self.sent = 0  # over every finished cycle (--hold)
+        self.lost = 0
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.start:6.2f}s] {text}", flush=True)
@@ -178,6 +217,8 @@ class Demo:
         endpoint = f"{lab.service_addr}:{WG_PORT}" if args.no_engarde else CLIENT_LISTEN
         tunnels = self.start_wireguard(endpoint)
         self.describe(tunnels, endpoint)
+        if self.host_links is not None:
+            self.open_dashboards(tunnels)
         if not args.no_engarde:
             try:
                 self.start_engarde(tunnels)
@@ -192,45 +233,104 @@ class Demo:
                 self.show_logs()
                 return 1
 
-        interval_s = args.interval_ms / 1000
         server_ip = tunnels[0].wg.server_ip
         every = f" from all {len(tunnels)} clients" if self.several else ""
         self.say(f"pinging {server_ip} through the tunnel every {args.interval_ms:g} ms{every}")
+        if args.hold:
+            return self.hold(tunnels)
+        results = self.run_timeline(tunnels)
+        if results is None:
+            return 1
+        if self.links:
+            for tunnel in tunnels:
+                self.show_dashboard(tunnel)
+        if any(result.lost for result in results) and not args.no_engarde:
+            self.show_logs()
+        if args.show_logs:
+            self.show_logs()
+        return 0 if all(result.sent and not result.lost for result in results) else 1
+
+    def run_timeline(self, tunnels: list[Tunnel], cycle: str = "") -> list[PingResult] | None:
+        """Ping through every tunnel while the timeline (stretched by --pace) cuts and restores
+        the uplinks; print what each client lost. None when engarde died meanwhile."""
+        interval_s = self.args.interval_ms / 1000
         # ping runs until the timeline is over (its -i is only a lower bound on some kernels).
-        pingers = [
+        self.pingers = [
             t.client.start_ping(t.wg.server_ip, MAX_PINGS, interval_s, timeout_s=2.0)
             for t in tunnels
         ]
         pings_started, pings_started_epoch = time.monotonic(), time.time()
         steps = timeline([t.client for t in tunnels])
         for step in [*steps, Step(DURATION_S, "stopping the pings", lambda: None)]:
-            while (wait := pings_started + step.at_s - time.monotonic()) > 0:
+            while (wait := pings_started + step.at_s * self.pace - time.monotonic()) > 0:
                 time.sleep(min(wait, 0.1))
                 self.echo_engarde()
                 if self.engarde_died():
-                    stop_pings(pingers)
-                    return 1
-            self.say(step.what)
+                    self.stop_pings()
+                    return None
+            self.say(f"{cycle}{step.what}")
             step.action()
-        results = stop_pings(pingers)
+        results = self.stop_pings()
         self.echo_engarde()
         if self.engarde_died():
-            return 1
-        if args.web:
-            for tunnel in tunnels:
-                self.show_dashboard(tunnel)
-
+            return None
         for tunnel, result in zip(tunnels, results, strict=True):
             print(
-                f"{self.who(tunnel)}pings sent {result.sent}, lost {len(result.lost)}", flush=True
+                f"{cycle}{self.who(tunnel)}pings sent {result.sent}, lost {len(result.lost)}",
+                flush=True,
             )
             if result.lost:
-                print(f"{self.who(tunnel)}lost: {lost_report(result, pings_started_epoch)}")
-        if any(result.lost for result in results) and not args.no_engarde:
-            self.show_logs()
-        if args.show_logs:
-            self.show_logs()
-        return 0 if all(result.sent and not result.lost for result in results) else 1
+                print(f"{cycle}{self.who(tunnel)}lost: {lost_report(result, pings_started_epoch)}")
+        return results
+
+    def hold(self, tunnels: list[Tunnel]) -> int:
+        """Run the timeline again and again until Ctrl-C or SIGTERM (KeyboardInterrupt)."""
+        cycle_s = DURATION_S * self.pace
+        self.say(
+            f"holding: a cycle of cuts every {cycle_s:g} s (--pace {self.pace:g}) "
+            "until Ctrl-C; watch the dashboards"
+        )
+        while True:
+            results = self.run_timeline(tunnels, f"cycle {self.cycles + 1}: ")
+            if results is None:
+                return 1
+            self.cycles += 1
+            self.sent += sum(result.sent for result in results)
+            self.lost += sum(len(result.lost) for result in results)
+            if any(result.lost for result in results) and not self.args.no_engarde:
+                self.show_logs(10)
+
+    def stop_pings(self) -> list[PingResult]:
+        """Stop the running pings; what each saw (their output files are deleted)."""
+        results = []
+        for pinger in self.pingers:
+            results.append(pinger.stop())
+            pinger.remove_output()
+        self.pingers = []
+        return results
+
+    def interrupted(self) -> None:
+        """After Ctrl-C or SIGTERM: stop the pings and say what was seen until then."""
+        results = self.stop_pings()
+        if not self.args.hold:
+            return
+        sent = self.sent + sum(result.sent for result in results)
+        lost = self.lost + sum(len(result.lost) for result in results)
+        print(
+            f"held for {self.cycles} full cycle(s) and a part: pings sent {sent}, lost {lost}",
+            flush=True,
+        )
+
+    def open_dashboards(self, tunnels: list[Tunnel]) -> None:
+        """A host link into every namespace with an engarde (server first); print the URLs."""
+        assert self.host_links is not None
+        for tunnel in tunnels:
+            self.links[tunnel.label] = self.host_links.add(tunnel.client.ns)
+        self.links["server"] = self.host_links.add(self.lab.server_ns)
+        self.say(f"dashboards, for a browser on this machine ({self.host_links.subnet}):")
+        for name, link in self.links.items():
+            port = SERVER_WEB_PORT if name == "server" else WEB_PORT
+            self.say(f"  {name} dashboard: {link.url(port)}")
 
     def start_wireguard(self, endpoint: str) -> list[Tunnel]:
         """One WireGuard pair (one client), or one server interface with a peer per client."""
@@ -262,8 +362,10 @@ class Demo:
     def start_engarde(self, tunnels: list[Tunnel]) -> None:
         lab = self.lab
         # The server first: the clients send at once. One server, one port, for every client.
-        configs = [("server", lab.server_ns, server_config())]
-        configs += [(t.label, t.client.ns, client_config(lab, t, self.args.web)) for t in tunnels]
+        configs = [("server", lab.server_ns, server_config(self.links.get("server")))]
+        configs += [
+            (t.label, t.client.ns, client_config(lab, t, self.links.get(t.label))) for t in tunnels
+        ]
         for name, ns, text in configs:
             role = "server" if name == "server" else "client"
             path = lab.workdir / f"engarde-{name}.yml"
@@ -322,15 +424,15 @@ class Demo:
         return False
 
     def show_dashboard(self, tunnel: Tunnel) -> None:
-        url = f"http://{WEB_LISTEN}/api/v1/get-list"
-        code = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=2).read().decode())"
+        """The client's interface list, fetched from here (the host) through its host link."""
+        url = self.links[tunnel.label].url(WEB_PORT, "/api/v1/get-list")
         try:
-            out = self.lab.run(tunnel.client.ns, sys.executable, "-c", code).stdout
-        except LabError as exc:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                out = response.read().decode()
+        except OSError as exc:
             self.say(f"{self.who(tunnel)}dashboard not answering: {exc}")
             return
-        where = f"{tunnel.label}'s namespace" if self.several else "client namespace"
-        self.say(f"dashboard {url} ({where}):\n{out}")
+        self.say(f"{tunnel.label} dashboard {url}:\n{out}")
 
     def show_logs(self, lines: int = 30) -> None:
         for name in self.engarde:
@@ -339,10 +441,6 @@ class Demo:
                 tail = log.read_text(errors="replace").splitlines()[-lines:]
                 print(f"--- engarde {name} log (last {len(tail)} lines) ---")
                 print("\n".join(tail))
-
-
-def stop_pings(pingers: list[PingProcess]) -> list[PingResult]:
-    return [pinger.stop() for pinger in pingers]
 
 
 def lost_report(result: PingResult, started_epoch: float) -> str:
@@ -355,7 +453,11 @@ def lost_report(result: PingResult, started_epoch: float) -> str:
     return ", ".join(parts)
 
 
+_signals: list[int] = []  # what interrupted the demo
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    _signals.append(signum)
     raise KeyboardInterrupt
 
 
@@ -369,7 +471,22 @@ def main(argv: list[str] | None = None) -> int:
         help="point WireGuard straight at the server (no engarde): shows the loss engarde avoids",
     )
     parser.add_argument(
-        "--web", action="store_true", help=f"enable the client dashboard on {WEB_LISTEN}"
+        "--web",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the dashboards of the engarde client(s) and server, reachable from this machine "
+        "through a veth into each namespace (default: on)",
+    )
+    parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep the tunnel, the pings and the cycle of cuts running until Ctrl-C",
+    )
+    parser.add_argument(
+        "--pace",
+        type=float,
+        metavar="FACTOR",
+        help="stretch the timeline of cuts by FACTOR (default 1, or 3 with --hold)",
     )
     parser.add_argument("--interval-ms", type=float, default=10.0, help="ping interval")
     parser.add_argument(
@@ -387,6 +504,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS:
         parser.error(f"--clients must be within 1..{MAX_CLIENTS}, got {args.clients}")
+    if args.pace is None:
+        args.pace = HOLD_PACE if args.hold else 1.0
+    if not MIN_PACE <= args.pace <= MAX_PACE:
+        parser.error(f"--pace must be within {MIN_PACE:g}..{MAX_PACE:g}, got {args.pace:g}")
+    if not 1 <= args.interval_ms <= 1000:
+        parser.error(f"--interval-ms must be within 1..1000, got {args.interval_ms:g}")
+    if DURATION_S * args.pace * 1000 / args.interval_ms >= MAX_PINGS:
+        parser.error(f"--pace {args.pace:g} at --interval-ms {args.interval_ms:g} is too slow")
 
     ok, reason = lab_available(wireguard=True)
     if not ok:
@@ -395,24 +520,40 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     lab: Lab | None = None
+    host_links: HostLinks | None = None
+    demo: Demo | None = None
     try:
         lab = Lab(UPLINKS, clients=args.clients)
-        return Demo(lab, args).run()
+        if args.web and not args.no_engarde:
+            host_links = HostLinks()
+        demo = Demo(lab, args, host_links)
+        return demo.run()
     except KeyboardInterrupt:
-        print("\ninterrupted: cleaning up", file=sys.stderr)
-        return 130
+        # A second Ctrl-C must not leave namespaces behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signum = _signals[0] if _signals else signal.SIGINT
+        print(f"\ninterrupted ({signal.Signals(signum).name}): cleaning up", file=sys.stderr)
+        if demo is not None:
+            with contextlib.suppress(LabError, OSError):
+                demo.interrupted()
+        return 128 + signum
     except LabError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     finally:
-        # A second Ctrl-C must not leave namespaces behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if lab is not None:
-            try:
-                lab.close()
-            except LabError as exc:
-                print(f"demo: cleanup: {exc}", file=sys.stderr)
+        clean = True
+        for thing in (host_links, lab):
+            if thing is not None:
+                try:
+                    thing.close()
+                except LabError as exc:
+                    clean = False
+                    print(f"demo: cleanup: {exc}", file=sys.stderr)
+        if _signals and clean:
+            print("demo: everything removed", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -490,6 +490,11 @@ class PingProcess:
                 self.proc.wait()
         return self.result(interrupted)
 
+    def remove_output(self) -> None:
+        """Delete the output files (after :meth:`result`): a long run pings in many rounds."""
+        for path in (self._out, self._err):
+            path.unlink(missing_ok=True)
+
     def output(self) -> str:
         """What ping printed so far (one timestamped line per reply: for failure messages)."""
         return self._out.read_text(errors="replace")
