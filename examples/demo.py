@@ -15,8 +15,8 @@ The dashboards of the engarde client and server are reachable from a browser on 
 each namespace gets a veth from the host's namespace with its own small subnet (see
 lab/host_link.py: a free 172.30.N.0/24, a /30 per namespace, nothing else routed), each dashboard
 listens on its namespace's end, and the URLs are printed at the start. ``--hold`` keeps the
-tunnel, the pings and the cycle of cuts running (stretched by ``--pace``, 3 by default with
-``--hold``: a link stays cut for 6 s) until Ctrl-C, so a person can watch links go down and come
+tunnel, the pings and the cycle of cuts running (stretched by ``--pace``, 4 by default with
+``--hold``: a link stays cut for 8 s) until Ctrl-C, so a person can watch links go down and come
 back on the page; each cycle's pings are reported as it ends.
 
 With ``--no-engarde`` WireGuard talks to the server over whichever uplink routing picks, which
@@ -137,7 +137,7 @@ def restore_two(client: ClientSide) -> None:
 
 DURATION_S = 25.0
 MAX_PINGS = 60_000  # icmp_seq is 16 bits
-HOLD_PACE = 3.0  # with --hold: a cut lasts 6 s, a cycle 75 s
+HOLD_PACE = 4.0  # with --hold: a cut lasts 8 s (a blackholed link shows "quiet"), a cycle 100 s
 MIN_PACE, MAX_PACE = 0.5, 20.0
 
 
@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "--pace",
         type=float,
         metavar="FACTOR",
-        help="stretch the timeline of cuts by FACTOR (default 1, or 3 with --hold)",
+        help="stretch the timeline of cuts by FACTOR (default 1, or 4 with --hold)",
     )
     parser.add_argument("--interval-ms", type=float, default=10.0, help="ping interval")
     parser.add_argument(

@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from lab import Lab
+from lab import Lab, stop_process
 
 pytestmark = pytest.mark.netns
 
@@ -164,8 +164,9 @@ class CDP:
 
 
 @contextlib.contextmanager
-def chromium(lab: Lab, profile: Path, log: Path) -> Iterator[CDP]:
-    """Headless Chromium in the lab's client namespace, DevTools on fds 3 (in) and 4 (out)."""
+def chromium(lab: Lab | None, profile: Path, log: Path) -> Iterator[CDP]:
+    """Headless Chromium in the lab's client namespace (with ``lab`` None: in this process's,
+    as a browser on the machine), DevTools on fds 3 (in) and 4 (out)."""
     to_browser_r, to_browser_w = os.pipe()
     from_browser_r, from_browser_w = os.pipe()
     libc = ctypes.CDLL(None, use_errno=True)
@@ -193,16 +194,17 @@ def chromium(lab: Lab, profile: Path, log: Path) -> Iterator[CDP]:
         f"--user-data-dir={profile}",
         "about:blank",
     ]
+    options: dict[str, Any] = {
+        "stdin": subprocess.DEVNULL,
+        "stderr": subprocess.STDOUT,
+        "pass_fds": (3, 4),
+        "preexec_fn": child_setup,
+    }
     with log.open("wb") as out:
-        proc = lab.popen(
-            lab.client_ns,
-            *argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            pass_fds=(3, 4),
-            preexec_fn=child_setup,
-        )
+        if lab is None:
+            proc = subprocess.Popen(argv, stdout=out, start_new_session=True, **options)
+        else:
+            proc = lab.popen(lab.client_ns, *argv, stdout=out, **options)
     os.close(to_browser_r)
     os.close(from_browser_w)
     cdp = CDP(to_browser_w, from_browser_r)
@@ -213,7 +215,10 @@ def chromium(lab: Lab, profile: Path, log: Path) -> Iterator[CDP]:
             cdp.send("Browser.close")
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=3)
-        lab.stop(proc)
+        if lab is None:
+            stop_process(proc)
+        else:
+            lab.stop(proc)
         os.close(to_browser_w)
         os.close(from_browser_r)
 
