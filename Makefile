@@ -59,6 +59,8 @@ lint: install
 	$(BIN)/ruff check engarde tests bench
 	$(BIN)/mypy
 
+# DEMO_ARGS: --hold (run until Ctrl-C), --pace N, --clients N, --no-engarde, --no-web; the
+# dashboards' URLs (reachable from this machine) are printed at the start.
 demo: system-deps install
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
