@@ -37,9 +37,13 @@ Rates = Mapping[str, tuple[float, float]]
 
 
 def client_get_list(snapshot: JSON, version: str) -> JSON:
-    """``GET /api/v1/get-list`` for the client role, the original's fields only."""
+    """``GET /api/v1/get-list`` for the client role, the original's fields only.
+
+    Interfaces in the kernel's order (by ifindex), as the original lists them (Go's
+    ``net.Interfaces``): a replugged modem comes last, as LuCI users are used to.
+    """
     interfaces = []
-    for link in snapshot["interfaces"]:
+    for link in sorted(snapshot["interfaces"], key=lambda link: link["index"]):
         excluded = effectively_excluded(link)
         status = "excluded" if excluded else link["status"]
         item: JSON = {"name": link["name"]}

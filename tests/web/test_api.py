@@ -87,7 +87,9 @@ async def test_v1_client_get_list_has_exactly_the_original_shape(
     assert doc["description"] == "studio"
     assert doc["listenAddress"] == "127.0.0.1:59401"
     by_name = {i["name"]: i for i in doc["interfaces"]}
-    assert set(by_name) == {"eth0", "eth1", "wwan0", "wg0"}  # loopback never listed
+    # The kernel's order (ifindex), as the original lists them, not the names' (wg0 < wwan0);
+    # loopback never listed.
+    assert list(by_name) == ["eth0", "eth1", "wwan0", "wg0"]
     assert by_name["eth0"] == {
         "name": "eth0",
         "label": "Fiber",
