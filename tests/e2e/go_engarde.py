@@ -47,7 +47,9 @@ def go_binary(name: str) -> Path:
             "(set ENGARDE_GO_BIN to the directory holding engarde-client and engarde-server)",
             pytrace=False,
         )
-    pytest.skip(f"the Go engarde is not here: {path} (a test dependency, see tests/e2e/go_engarde.py)")
+    pytest.skip(
+        f"the Go engarde is not here: {path} (a test dependency, see tests/e2e/go_engarde.py)"
+    )
 
 
 _go_counter = iter(range(1_000_000))
@@ -61,7 +63,12 @@ def start_go(lab: Lab, role: str, config: Path, *, ns: str | None = None) -> Eng
     path = lab.workdir / f"go-{role}-{next(_go_counter)}.log"
     with path.open("wb") as out:
         proc = lab.popen(
-            ns, str(binary), str(config), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            ns,
+            str(binary),
+            str(config),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     log = LogFile(path, proc)
     log.wait_for(r"level=info msg=\"Listening on ")

@@ -122,24 +122,28 @@ def exercise(
         run.answers[key] = answer
         return answer
 
-    post = {"auth": AUTH}
+    def command(key: str, path: str, interface: str) -> None:
+        """A POST the way LuCI's rpcd script builds it: {"interface":"NAME"}, no spaces."""
+        body = f'{{"interface":"{interface}"}}'
+        call(key, client_url(f"/api/v1/{path}"), post_data=body, auth=AUTH)
+
     call("client get-list", client_url("/api/v1/get-list"), auth=AUTH)
     call("server get-list", server_url("/api/v1/get-list"), ns=lab.server_ns, auth=AUTH)
     call("no auth", client_url("/api/v1/get-list"))
     call("wrong auth", client_url("/api/v1/get-list"), auth=("admin", "nope"))
-    call("exclude up0", client_url("/api/v1/exclude"), post_data='{"interface":"up0"}', **post)
-    call("exclude up0 again", client_url("/api/v1/exclude"), post_data='{"interface":"up0"}', **post)
+    command("exclude up0", "exclude", "up0")
+    command("exclude up0 again", "exclude", "up0")
     call("get-list up0 excluded", client_url("/api/v1/get-list"), auth=AUTH)
-    call("include up0", client_url("/api/v1/include"), post_data='{"interface":"up0"}', **post)
-    call("include up0 again", client_url("/api/v1/include"), post_data='{"interface":"up0"}', **post)
-    call("swap up2", client_url("/api/v1/swap-exclusion"), post_data='{"interface":"up2"}', **post)
-    call("swap up1", client_url("/api/v1/swap-exclusion"), post_data='{"interface":"up1"}', **post)
+    command("include up0", "include", "up0")
+    command("include up0 again", "include", "up0")
+    command("swap up2", "swap-exclusion", "up2")
+    command("swap up1", "swap-exclusion", "up1")
     call("get-list swapped", client_url("/api/v1/get-list"), auth=AUTH)
     call("reset (GET, as LuCI)", client_url("/api/v1/reset-exclusions"), auth=AUTH)
     call("get-list reset", client_url("/api/v1/get-list"), auth=AUTH)
-    call("reset (POST)", client_url("/api/v1/reset-exclusions"), post_data="", **post)
-    call("bad json", client_url("/api/v1/exclude"), post_data="up0", **post)
-    call("unknown interface", client_url("/api/v1/exclude"), post_data='{"interface":"zz9"}', **post)
+    call("reset (POST)", client_url("/api/v1/reset-exclusions"), post_data="", auth=AUTH)
+    call("bad json", client_url("/api/v1/exclude"), post_data="up0", auth=AUTH)
+    command("unknown interface", "exclude", "zz9")
     call("GET exclude", client_url("/api/v1/exclude"), auth=AUTH)
     call("unknown path", client_url("/api/v1/nothing"), auth=AUTH)
     call(
@@ -147,7 +151,7 @@ def exercise(
         server_url("/api/v1/exclude"),
         ns=lab.server_ns,
         post_data='{"interface":"up0"}',
-        **post,
+        auth=AUTH,
     )
     call("server reset", server_url("/api/v1/reset-exclusions"), ns=lab.server_ns, auth=AUTH)
     for proc in reversed(procs):
