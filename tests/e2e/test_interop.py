@@ -44,16 +44,16 @@ from tests.net.helpers import (
 WG_PORT = 59301
 PINGS = 1000
 INTERVAL_S = 0.01
-RESTART_PINGS = 500  # 5 s: the restart comes after ~1 s, the rest shows the tunnel is back
+RESTART_PINGS = 600  # 6 s: the restart comes after ~1 s, the rest shows the tunnel is back
 ALL = (0, 1, 2)
 CUTS = ((0, "blackhole"), (1, "down"), (2, "carrier"))
 
-OUR_RESTART_MAX_LOST = 300
+OUR_RESTART_MAX_LOST = 400
 """Pings (10 ms apart) our server may lose when it is stopped (SIGTERM) and started again: the
 new process must start (Python imports) and prove the client's addresses again (the Go client's
-exact copies, or the next WireGuard handshake). Measured 40-90 on a busy 2-CPU box; the bound
-is 3 s so that a slow start does not fail the test while a tunnel that does not come back
-(every later ping lost) still does."""
+exact copies, or the next WireGuard handshake). Measured 49-145 on a busy 2-CPU box (most of it
+the new process starting); the bound is 4 s so that a slow start does not fail the test, while
+a tunnel that does not come back (every later ping lost) still does."""
 
 GO_RESTART_MAX_LOST = 50
 """The same for the original's server, a fact about it measured here: a static Go binary
@@ -138,7 +138,8 @@ def restart_while_pinging(
     assert len(result.lost) <= max_lost, where
     late = [seq for seq in result.lost if seq > RESTART_PINGS - 100]
     assert late == [], f"the tunnel did not come back: lost {seq_ranges(late)}; {where}"
-    print(f"restart lost {len(result.lost)} pings: {seq_ranges(result.lost)}", file=sys.stderr)
+    lost = seq_ranges(result.lost)
+    print(f"restart took {took:.2f} s, lost {len(result.lost)} pings: {lost}", file=sys.stderr)
     return result
 
 
