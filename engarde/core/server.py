@@ -108,6 +108,8 @@ _DATA_HEADER = struct.Struct("<IQ")  # receiver index, counter: at byte 4 of tra
 class ServerStats(RelayStats):
     clients_rx_datagrams: int = 0  # from client addresses (wg_rx_* count what WireGuard sent)
     clients_rx_bytes: int = 0
+    unproven_rx_datagrams: int = 0  # of clients_rx_*: from addresses not proven (yet)
+    unproven_rx_bytes: int = 0
     junk_datagrams: int = 0  # not shaped like WireGuard: dropped before WireGuard
     unproven_datagrams: int = 0  # from an unproven address and no probe to judge it: dropped
     addresses_seen: int = 0  # new source addresses
@@ -224,6 +226,8 @@ class ServerCore:
             entry.local_raw = local_raw
             self.pending.move_to_end(address)
         self._count_rx(entry, n)
+        self.stats.unproven_rx_datagrams += 1
+        self.stats.unproven_rx_bytes += n
         if kind == wg.INITIATION:
             self._record_initiation(address, data, now)
             return self.lobby
@@ -486,14 +490,21 @@ class ServerCore:
 
     # ---- status ------------------------------------------------------------------------------
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self, now: float, *, pending_shown: int | None = None) -> dict[str, Any]:
+        """Everything the dashboard shows. ``pending_shown``: at most this many unproven
+        addresses (the most recently heard) are described, so a flood of spoofed sources costs
+        a bounded amount per call; ``pendingCount`` says how many there are (None: all)."""
         cutoff = now - self.timeout_s
         # The pump thread writes these tables while the dashboard asks: list() copies each in one
         # C call (the GIL is not released inside it), then only the copies are iterated.
         proven = list(self.addresses.values())
-        pending = list(self.pending.values())
+        pending_count = len(self.pending)
+        if pending_shown is None or pending_shown >= pending_count:
+            pending = list(reversed(self.pending.values()))
+        else:
+            pending = list(itertools.islice(reversed(self.pending.values()), pending_shown))
         clients = list(self.clients.values())
-        sockets = [address_view(e, now, cutoff) for e in [*reversed(proven), *reversed(pending)]]
+        sockets = [address_view(e, now, cutoff) for e in [*reversed(proven), *pending]]
         return {
             "type": "server",
             "description": self.config.description,
@@ -508,6 +519,7 @@ class ServerCore:
             "uptime": max(0.0, now - self.started_at),
             "counters": self.stats.as_dict(),
             "probesOpen": len(self.probes),
+            "pendingCount": pending_count,
             "sockets": sockets,
             "clients": [client_view(c, now, cutoff) for c in clients],
         }

@@ -51,7 +51,9 @@ Reload = Callable[[bool], Awaitable[ReloadOutcome]]
 """Re-read the config file and apply it (argument True: only say what would change)."""
 
 PERIOD_S = 1.0
-MAX_STREAMS = 32  # open event streams (pages); more get 503
+MAX_STREAMS = 32  # open event streams (pages) in all; more get 503
+MAX_STREAMS_PER_ADDRESS = 4  # open event streams from one client address; more get 503
+PENDING_SHOWN = 64  # server role: unproven addresses described per snapshot (API, /metrics)
 STREAM_CLIENTS_SHOWN = 128  # server role: proven client addresses per event (the API has all)
 STREAM_PENDING_SHOWN = 32  # server role: unproven addresses per event
 RETRY_MS = 2000  # EventSource reconnect delay after a lost connection
@@ -110,6 +112,7 @@ class Dashboard:
         self.quality = QualityWindow()  # where "the last minute" of each link's copies starts
         self.broadcast = Broadcast()
         self.open_streams = 0
+        self.streams_by_address: dict[str, int] = {}  # open event streams per client address
 
     @property
     def client(self) -> ClientCore | None:
@@ -117,7 +120,11 @@ class Dashboard:
 
     # ---- reads -----------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, pending_shown: int = PENDING_SHOWN) -> dict[str, Any]:
+        """The core's snapshot; on the server at most ``pending_shown`` unproven addresses are
+        described (a spoofed-source flood must not make every request and tick cost more)."""
+        if isinstance(self.core, ServerCore):
+            return self.core.snapshot(self.clock(), pending_shown=pending_shown)
         return self.core.snapshot(self.clock())
 
     def get_list(self, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -168,8 +175,10 @@ class Dashboard:
 
     def sample(self) -> Sample | None:
         """One tick: snapshot, history sample, event to every page."""
-        snap = self.snapshot()
-        sample = self.history.add(snap["uptime"], views.traffic_totals(snap))
+        snap = self.snapshot(STREAM_PENDING_SHOWN)
+        sample = self.history.add(
+            snap["uptime"], views.traffic_totals(snap), views.unproven_totals(snap)
+        )
         self.quality.add(snap["uptime"], views.quality_totals(snap))
         self.publish(snap, sample)
         return sample
@@ -182,7 +191,7 @@ class Dashboard:
     def first_event(self) -> str:
         """What a page gets when it connects: the status and the whole history."""
         data = {
-            "status": self._stream_status(self.status()),
+            "status": self._stream_status(self.status(self.snapshot(STREAM_PENDING_SHOWN))),
             "history": self.history.as_json(self.period_s),
         }
         return f"retry: {RETRY_MS}\n" + sse("snapshot", data)
@@ -208,7 +217,7 @@ def cap_server_status(status: dict[str, Any], addresses: int, pending: int) -> d
     groups: list[dict[str, Any]] = status["clients"]
     waiting: list[dict[str, Any]] = status["pending"]
     if sum(len(g["addresses"]) for g in groups) <= addresses and len(waiting) <= pending:
-        return status
+        return status  # (pendingOmitted, if any, is already in the status)
     budget = addresses
     shown: dict[int, dict[str, Any]] = {}
     for position in sorted(range(len(groups)), key=lambda i: _age_key(groups[i])):
@@ -226,7 +235,7 @@ def cap_server_status(status: dict[str, Any], addresses: int, pending: int) -> d
     capped["clients"] = [shown[i] for i in sorted(shown)]
     capped["clientsOmitted"] = len(groups) - len(shown)
     capped["pending"] = waiting[:pending]  # most recently heard first
-    capped["pendingOmitted"] = max(0, len(waiting) - pending)
+    capped["pendingOmitted"] = status.get("pendingOmitted", 0) + max(0, len(waiting) - pending)
     return capped
 
 

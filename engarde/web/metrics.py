@@ -18,8 +18,10 @@ Client (per uplink, labels ``interface`` and ``label``)::
     engarde_uplink_last_receive_age_seconds   only for links that received something
     engarde_uplinks_active
 
-Server, per client address (labels ``client``: the client's id, "" while unproven, and
-``address``: ip:port)::
+Server, per proven client address (labels ``client``: the client's id, and ``address``:
+ip:port; unproven addresses have no series of their own, whatever a spoofed-source flood
+sends: they are counted in ``engarde_server_addresses{state="pending"}`` and
+``engarde_server_unproven_rx_*_total``, so the number of series is bounded by maxClients)::
 
     engarde_server_address_alive, engarde_server_address_last_receive_age_seconds
     engarde_server_address_rx_datagrams_total / _rx_bytes_total   (copies from it)
@@ -35,6 +37,7 @@ per client (label ``client``): ``engarde_server_client_addresses_alive``,
                                                   engarde_server_clients{state})
     engarde_server_probes_open
     engarde_server_clients_rx_{datagrams,bytes}_total   everything received from client addresses
+    engarde_server_unproven_rx_{datagrams,bytes}_total  of which from unproven addresses
     engarde_server_{junk,unproven}_dropped_total
     engarde_server_addresses_{seen,proven,expired,evicted,dropped}_total
     engarde_server_pending_evicted_total
@@ -104,7 +107,7 @@ class EngardeCollector(Collector):
         self.dashboard = dashboard
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.dashboard.snapshot()
+        snap = self.dashboard.snapshot(pending_shown=0)  # unproven: counts only
         info = InfoMetricFamily("engarde", "engarde version and role")
         info.add_metric([], {"version": self.dashboard.version, "role": self.dashboard.role})
         yield info
@@ -161,6 +164,16 @@ def _relay(c: dict[str, Any], role: str) -> Iterator[Metric]:
             "engarde_server_clients_rx_bytes",
             "Bytes received from all client addresses",
             c["clients_rx_bytes"],
+        )
+        yield _counter(
+            "engarde_server_unproven_rx_datagrams",
+            "Datagrams received from client addresses not proven (yet)",
+            c["unproven_rx_datagrams"],
+        )
+        yield _counter(
+            "engarde_server_unproven_rx_bytes",
+            "Bytes received from client addresses not proven (yet)",
+            c["unproven_rx_bytes"],
         )
         for name, (field, doc) in _SERVER_COUNTERS.items():
             yield _counter(f"engarde_server_{name}", doc, c[field])
@@ -320,9 +333,11 @@ def _server_addresses(snap: dict[str, Any]) -> Iterator[Metric]:
     states = {"alive": 0, "pending": 0, "expired": 0}
     for sock in snap["sockets"]:
         client = sock["client"]
-        key = ["" if client is None else str(client), sock["address"]]
-        c = sock["counters"]
         state = views.server_address_state(sock)
+        if client is None:
+            continue  # unproven: counted below, never a series (a flood of spoofed sources)
+        key = [str(client), sock["address"]]
+        c = sock["counters"]
         states[state] += 1
         alive.add_metric(key, 1.0 if state == "alive" else 0.0)
         age.add_metric(key, sock["lastReceivedAge"])
@@ -332,8 +347,8 @@ def _server_addresses(snap: dict[str, Any]) -> Iterator[Metric]:
         tx_b.add_metric(key, c["tx_bytes"])
         tx_drop.add_metric([*key, "buffer_full"], c["tx_dropped_full"])
         tx_drop.add_metric([*key, "error"], c["tx_errors"])
-        if client is not None:  # an unproven address is never measured: all zero
-            copies.add(key, sock["quality"])
+        copies.add(key, sock["quality"])
+    states["pending"] = snap["pendingCount"]
     yield from (alive, age, rx_d, rx_b, tx_d, tx_b, tx_drop)
     yield from copies.families()
     count = GaugeMetricFamily(

@@ -270,7 +270,8 @@ def server_status(
         "uptime": round(snapshot["uptime"], 3),
         "clientsAlive": sum(1 for g in groups if g["addressesAlive"]),
         "addressesAlive": sum(g["addressesAlive"] for g in groups),
-        "addressesPending": len(pending),
+        "addressesPending": snapshot["pendingCount"],
+        "pendingOmitted": max(0, snapshot["pendingCount"] - len(pending)),
         "duplicatesDropped": counters["duplicates_dropped"],
         "probesOpen": snapshot["probesOpen"],
         "counters": counters,
@@ -428,6 +429,16 @@ def traffic_totals(snapshot: JSON) -> Totals:
     return out
 
 
+def unproven_totals(snapshot: JSON) -> tuple[int, int, int] | None:
+    """Server: what all unproven addresses sent (cumulative rx bytes, rx datagrams) and how
+    many there are now, as counts: a flood of spoofed sources is one line, not a series per
+    address. None on the client."""
+    if snapshot["type"] != "server":
+        return None
+    c = snapshot["counters"]
+    return (c["unproven_rx_bytes"], c["unproven_rx_datagrams"], snapshot["pendingCount"])
+
+
 def quality_totals(snapshot: JSON) -> dict[str, quality.Counts]:
     """Per link key (and, on the client, per path key), the cumulative copy counters (for
     engarde.web.quality.QualityWindow)."""
@@ -440,7 +451,10 @@ def quality_totals(snapshot: JSON) -> dict[str, quality.Counts]:
 
 
 def _links(snapshot: JSON) -> list[tuple[str, JSON, JSON]]:
-    """(key, counters, quality) of every link (client) or client address (server)."""
+    """(key, counters, quality) of every link (client) or proven client address (server; an
+    unproven address has no series: see unproven_totals)."""
     if snapshot["type"] == "client":
         return [(x["name"], x["counters"], x["quality"]) for x in snapshot["interfaces"]]
-    return [(x["address"], x["counters"], x["quality"]) for x in snapshot["sockets"]]
+    return [
+        (x["address"], x["counters"], x["quality"]) for x in snapshot["sockets"] if x["confirmed"]
+    ]

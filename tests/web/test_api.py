@@ -722,10 +722,12 @@ async def test_metrics_server(clock: FakeClock) -> None:
     v = (("address", "192.0.2.66:5353"), ("client", ""))
     assert m["engarde_info"] == {(("role", "server"), ("version", __version__)): 1.0}
     assert m["engarde_server_address_rx_datagrams_total"][a7] == 19  # handshake + 18 copies
-    assert m["engarde_server_address_rx_datagrams_total"][v] == 1
+    assert v not in m["engarde_server_address_rx_datagrams_total"]  # unproven: no series
+    # the three handshakes before their addresses were proven, and V's
+    assert m["engarde_server_unproven_rx_datagrams_total"] == {(): 4.0}
     assert m["engarde_server_address_tx_bytes_total"][a9] == 512
     assert m["engarde_server_address_tx_dropped_total"][(*a9, ("reason", "buffer_full"))] == 1
-    assert m["engarde_server_address_alive"] == {a7: 1.0, a9: 1.0, b1: 1.0, v: 0.0}
+    assert m["engarde_server_address_alive"] == {a7: 1.0, a9: 1.0, b1: 1.0}
     assert m["engarde_server_address_last_receive_age_seconds"][a7] == 2.5
     assert m["engarde_server_addresses"] == {
         (("state", "alive"),): 3.0,
