@@ -69,6 +69,10 @@ def _web(prefix: str, web: WebManagerConfig | None) -> list[_Entry]:
             web.password or "(none)",
         ),
         _plain(f"{prefix}.webManager.auth", "on" if web.auth_enabled else "off"),
+        _plain(
+            f"{prefix}.webManager.allowedHosts",
+            ", ".join(web.allowedHosts) or "(own addresses and localhost only)",
+        ),
     ]
 
 

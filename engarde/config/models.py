@@ -130,11 +130,29 @@ class WebManagerConfig(BaseModel):
     listenAddr: str = ""
     username: str = ""
     password: str = ""
+    allowedHosts: list[str] = Field(default_factory=list)
+    """Host names (or addresses) the dashboard answers to besides its own: the listen address,
+    localhost and the machine's addresses are always allowed; "*" allows any (no check)."""
 
     @field_validator("listenAddr")
     @classmethod
     def _listen_addr(cls, value: str) -> str:
         return _check_listen_addr(value) if value else value
+
+    @field_validator("allowedHosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for name in value:
+            host = name.strip().lower()
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            if not host or any(c in host for c in "/ @?#") or host.count(":") == 1:
+                raise ValueError(
+                    f"expected a host name or address without scheme or port, got {name!r}"
+                )
+            out.append(host)
+        return out
 
     @property
     def auth_enabled(self) -> bool:

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Callable
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
+from engarde.config import WebManagerConfig
 from engarde.core.client import UnknownInterface
-from engarde.web.auth import cross_site
-from engarde.web.live import MAX_STREAMS, Dashboard, RoleError
+from engarde.web.guard import HostCheck
+from engarde.web.live import MAX_STREAMS, MAX_STREAMS_PER_ADDRESS, Dashboard, RoleError
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,18 @@ class ApiError(Exception):
         self.message = message
 
 
-def register(app: QuartTrio, dashboard: Dashboard) -> None:
-    """Add the API routes to ``app``."""
+def register(app: QuartTrio, dashboard: Dashboard, hosts: HostCheck) -> None:
+    """Add the API routes to ``app``; ``hosts`` judges where commands come from."""
+
+    def _refuse_cross_site() -> None:
+        headers = request.headers
+        if hosts.cross_site(
+            headers.get("Origin"),
+            headers.get("Sec-Fetch-Site"),
+            allowed_hosts(dashboard.web),
+            local_address(),
+        ):
+            raise ApiError(403, "refused: the request comes from a page of another site")
 
     @app.get("/api/v1/get-list")
     async def get_list() -> Response:
@@ -95,8 +106,14 @@ def register(app: QuartTrio, dashboard: Dashboard) -> None:
     async def events() -> Response:
         if dashboard.open_streams >= MAX_STREAMS:
             raise ApiError(503, f"too many open event streams (at most {MAX_STREAMS})")
+        peer = _peer()
+        if dashboard.streams_by_address.get(peer, 0) >= MAX_STREAMS_PER_ADDRESS:
+            raise ApiError(
+                503,
+                f"too many open event streams from {peer} (at most {MAX_STREAMS_PER_ADDRESS})",
+            )
         response = Response(
-            _stream(dashboard),
+            _stream(dashboard, peer),
             status=200,
             content_type="text/event-stream; charset=utf-8",
             headers={"X-Accel-Buffering": "no"},
@@ -128,6 +145,8 @@ async def _interface_from_body() -> str:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, f"the request body is not valid JSON; {BODY_HELP}") from None
+    except RecursionError:  # "[[[[...": nested deeper than the decoder goes
+        raise ApiError(400, f"the request body is nested too deeply; {BODY_HELP}") from None
     if not isinstance(body, dict):
         raise ApiError(400, BODY_HELP)
     if "interface" not in body:
@@ -138,20 +157,29 @@ async def _interface_from_body() -> str:
     return name
 
 
-def _refuse_cross_site() -> None:
-    headers = request.headers
-    if cross_site(headers.get("Origin"), headers.get("Sec-Fetch-Site"), headers.get("Host")):
-        raise ApiError(403, "refused: the request comes from a page of another site")
+def allowed_hosts(web: WebManagerConfig | None) -> list[str]:
+    """webManager.allowedHosts in force (a reload may change it)."""
+    return web.allowedHosts if web is not None else []
+
+
+def local_address() -> str | None:
+    """The address of this machine the current request's connection came in on."""
+    server = request.scope.get("server")
+    if not server or not isinstance(server[0], str):
+        return None
+    return str(server[0]).lower()
 
 
 def _peer() -> str:
     return request.remote_addr or "?"
 
 
-async def _stream(dashboard: Dashboard) -> AsyncIterator[bytes]:
+async def _stream(dashboard: Dashboard, peer: str) -> AsyncIterator[bytes]:
     """One page's event stream: the full picture first, then each newer update; ends when the
     dashboard shuts down (so the server can stop without waiting for the page)."""
     dashboard.open_streams += 1
+    by_address = dashboard.streams_by_address
+    by_address[peer] = by_address.get(peer, 0) + 1
     try:
         yield dashboard.first_event().encode()
         seen = dashboard.broadcast.seq
@@ -163,3 +191,8 @@ async def _stream(dashboard: Dashboard) -> AsyncIterator[bytes]:
             yield message.encode()
     finally:
         dashboard.open_streams -= 1
+        left = by_address.get(peer, 1) - 1
+        if left > 0:
+            by_address[peer] = left
+        else:
+            by_address.pop(peer, None)

@@ -18,8 +18,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from engarde.config import WebManagerConfig
 from engarde.web import api
-from engarde.web.api import ApiError
+from engarde.web.api import ApiError, allowed_hosts, local_address
 from engarde.web.auth import CHALLENGE, credentials_ok
+from engarde.web.guard import HostCheck, PacerPool
 from engarde.web.live import Clock, Core, Dashboard, Reload
 from engarde.web.metrics import make_registry
 from engarde.web.pacing import Pacer
@@ -56,15 +57,18 @@ def create_app(
     config: WebManagerConfig | None,
     *,
     clock: Clock = time.monotonic,
-    pacer: Pacer | None = None,
+    pacer: Pacer | PacerPool | None = None,
     reload: Reload | None = None,
+    hosts: HostCheck | None = None,
 ) -> QuartTrio:
     """The dashboard app for a ClientCore or ServerCore (TypeError for anything else).
 
     ``config`` None means no authentication (as a webManager without username/password); a
     reload may change the credentials later (``dashboard.web``). ``pacer`` spreads requests out
-    (engarde.web.pacing); the default admits 20/s, bursts of 40. ``reload`` re-reads the
-    config file (engarde.net.reload), for ``/api/v2/reload``; None: not offered.
+    per client address (engarde.web.pacing, engarde.web.guard; a single Pacer: one budget for
+    everyone, for tests); the default admits 20/s, bursts of 40 per address. ``reload``
+    re-reads the config file (engarde.net.reload), for ``/api/v2/reload``; None: not offered.
+    ``hosts``: the Host allow-list (default: from ``config.listenAddr``).
     """
     dashboard = Dashboard(core, clock=clock, web=config, reload=reload)
     app = EngardeApp(__name__, static_folder="static", static_url_path="/static")
@@ -72,11 +76,33 @@ def create_app(
     app.config["SEND_FILE_MAX_AGE_DEFAULT"] = None  # revalidate: an upgrade shows at once
     app.extensions[EXTENSION_KEY] = dashboard
     registry = make_registry(dashboard)
-    pace = pacer if pacer is not None else Pacer()
+    pace = pacer if pacer is not None else PacerPool()
+    if hosts is None:
+        hosts = HostCheck(_listen_host(config.listenAddr) if config is not None else "")
 
     @app.before_request
-    async def pace_and_authenticate() -> Response | None:
-        wait = pace.reserve(trio.current_time())
+    async def check_then_pace() -> Response | None:
+        """Host allow-list and authentication first (cheap), then pacing: a refused request
+        draws from its address's budget for refused requests, never from the budget of
+        requests that passed (engarde.web.guard)."""
+        web = dashboard.web
+        refusal: Response | None = None
+        if not hosts.host_ok(request.headers.get("Host"), allowed_hosts(web), local_address()):
+            refusal = jsonify({"error": "refused: this is not a host name of the dashboard"})
+            refusal.status_code = 421
+        elif (
+            web is not None
+            and web.auth_enabled
+            and not credentials_ok(request.headers.get("Authorization"), web.username, web.password)
+        ):
+            refusal = jsonify({"error": "authentication required"})
+            refusal.status_code = 401
+            refusal.headers["WWW-Authenticate"] = CHALLENGE
+        now = trio.current_time()
+        if isinstance(pace, Pacer):
+            wait = pace.reserve(now)
+        else:
+            wait = pace.reserve((request.remote_addr or "?", refusal is None), now)
         if wait is None:
             response = jsonify({"error": "too many requests, slow down"})
             response.status_code = 429
@@ -84,15 +110,7 @@ def create_app(
             return response
         if wait > 0:
             await trio.sleep(wait)
-        auth = dashboard.web
-        if auth is None or not auth.auth_enabled:
-            return None
-        if credentials_ok(request.headers.get("Authorization"), auth.username, auth.password):
-            return None
-        response = jsonify({"error": "authentication required"})
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = CHALLENGE
-        return response
+        return refusal
 
     @app.after_request
     async def add_headers(response: Response) -> Response:
@@ -127,7 +145,7 @@ def create_app(
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return Response(encoder(registry), status=200, content_type=content_type)
 
-    api.register(app, dashboard)
+    api.register(app, dashboard, hosts)
     return app
 
 
@@ -137,6 +155,11 @@ def dashboard_of(app: QuartTrio) -> Dashboard:
     if not isinstance(dashboard, Dashboard):
         raise TypeError("not an engarde dashboard app")
     return dashboard
+
+
+def _listen_host(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    return host if port.isdigit() else listen
 
 
 def _describe(exc: HTTPException, code: int) -> str:

@@ -1,13 +1,9 @@
-"""Who may use the dashboard: HTTP basic auth, and no state changes from other web sites.
+"""Who may use the dashboard: HTTP basic auth (the Host allow-list and the refusal of
+cross-site commands are in engarde.web.guard).
 
 Basic auth (realm "engarde") guards every path when both a username and a password are set, as
 in the original. Both the username and the password are always compared, each in constant time,
 so the answer time says nothing about which one (or how much of it) was right.
-
-Commands also refuse requests that a browser marks as coming from another site (``Origin`` with
-another host name, or ``Sec-Fetch-Site: cross-site``): a page elsewhere must not be able to make
-a logged-in browser exclude links. Scripts send neither header; a page on the same host (a LuCI
-page on the router, on another port) is the same site and allowed.
 """
 
 from __future__ import annotations
@@ -15,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from urllib.parse import urlsplit
 
 REALM = "engarde"
 CHALLENGE = f'Basic realm="{REALM}", charset="UTF-8"'
@@ -45,18 +40,3 @@ def _parse_basic(authorization: str | None) -> tuple[bytes, bytes]:
     if not sep:
         return b"", b""
     return user, password
-
-
-def cross_site(origin: str | None, sec_fetch_site: str | None, host: str | None) -> bool:
-    """True when a browser says this request comes from a page of another site.
-
-    A page on the same host but another port (a LuCI page on the router calling engarde's port)
-    is the same site and allowed: only the host names are compared.
-    """
-    if sec_fetch_site is not None and sec_fetch_site.lower() == "cross-site":
-        return True
-    if origin is None:
-        return False
-    if origin == "null":
-        return True
-    return urlsplit(origin).hostname != urlsplit(f"//{host or ''}").hostname

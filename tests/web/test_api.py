@@ -20,6 +20,7 @@ from engarde.config import WebManagerConfig
 from engarde.core.client import ClientCore
 from engarde.core.copies import LAG_BOUNDS_S
 from engarde.web.app import create_app, dashboard_of
+from engarde.web.guard import HostCheck
 from engarde.web.live import STREAM_PENDING_SHOWN, cap_server_status
 from engarde.web.serve import DashboardError, run_dashboard
 from tests.web.helpers import (
@@ -250,7 +251,8 @@ async def test_commands_on_the_server_role_are_404_json(clock: FakeClock) -> Non
 
 
 async def test_cross_site_commands_are_refused(core: ClientCore, clock: FakeClock) -> None:
-    app = create_app(core, None, clock=clock)
+    router = HostCheck(local=lambda name: name == "192.0.2.1")  # the router's own address
+    app = create_app(core, None, clock=clock, hosts=router)
     eth0 = index_of(core, "eth0")
     for headers in (
         {"Origin": "http://evil.example"},
@@ -882,7 +884,7 @@ async def test_ipv6_loopback(clock: FakeClock) -> None:
         assert url == f"http://[::1]:{port}"
         stream = await trio.open_tcp_stream("::1", port)
         async with stream:
-            await stream.send_all(b"GET /api/v1/get-list HTTP/1.1\r\nHost: x\r\n\r\n")
+            await stream.send_all(b"GET /api/v1/get-list HTTP/1.1\r\nHost: [::1]\r\n\r\n")
             assert (await stream.receive_some(100)).startswith(b"HTTP/1.1 200")
         nursery.cancel_scope.cancel()
 
