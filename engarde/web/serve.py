@@ -1,7 +1,8 @@
 """Serving the dashboard with hypercorn inside engarde's own trio nursery.
 
     run_dashboard
-    ├─ hypercorn       hypercorn.trio.serve(app, shutdown_trigger=stop.wait), shielded
+    ├─ hypercorn       engarde.web.connections.serve (hypercorn's per-connection server
+    │                  behind a cap on connections per address and in all), shielded
     └─ sampler         one snapshot a second -> history + one event to every open page
 
 Start-up: `run_dashboard` reports started only once hypercorn listens. A listen address that
@@ -26,11 +27,11 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from engarde.config import WebManagerConfig, parse_host_port
 from engarde.web.app import create_app, dashboard_of
+from engarde.web.connections import ConnectionLimits, serve
 from engarde.web.live import Core, run_sampler
 
 logger = logging.getLogger(__name__)
@@ -52,13 +53,16 @@ async def run_dashboard(
     config: WebManagerConfig,
     *,
     reloader: Any = None,
+    limits: ConnectionLimits | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the dashboard on ``config.listenAddr`` until cancelled.
 
     Reports started (with the base URL, e.g. ``http://127.0.0.1:9001``) once listening. Raises
-    DashboardError before that when the address cannot be bound.
+    DashboardError before that when the address cannot be bound. ``limits``: the connection
+    caps (engarde.web.connections; default 16 per client address, 128 in all).
     """
+    limits = limits if limits is not None else ConnectionLimits()
     listen = config.listenAddr
     try:
         host, port = parse_host_port(listen)
@@ -84,7 +88,7 @@ async def run_dashboard(
         try:
             try:
                 binds: list[str] = await nursery.start(
-                    functools.partial(_serve, app, hconfig, stop.wait, shield)
+                    functools.partial(_serve, app, hconfig, limits, stop.wait, shield)
                 )
             except (OSError, BaseExceptionGroup) as exc:
                 cause = _socket_error(exc)
@@ -122,13 +126,16 @@ async def run_dashboard(
 async def _serve(
     app: QuartTrio,
     hconfig: HypercornConfig,
+    limits: ConnectionLimits,
     shutdown_trigger: Callable[[], Awaitable[None]],
     shield: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with shield:
-        await serve(app, hconfig, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        await serve(
+            app, hconfig, limits, shutdown_trigger=shutdown_trigger, task_status=task_status
+        )
 
 
 def _hypercorn_config(host: str, port: int) -> HypercornConfig:

@@ -75,7 +75,7 @@ def test_ctrl_c_with_a_live_page_exits_promptly(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "the dashboard never came up"
                 time.sleep(0.1)
         with page:
-            page.sendall(b"GET /api/v2/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            page.sendall(b"GET /api/v2/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert page.recv(65536).startswith(b"HTTP/1.1 200")
             start = time.monotonic()
             proc.send_signal(signal.SIGINT)
