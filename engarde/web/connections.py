@@ -30,7 +30,7 @@ from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wra
 
 PER_ADDRESS = 16  # open connections from one client address
 TOTAL = 128  # open connections in all
-REFUSAL_TIMEOUT_S = 1.0  # to write the 503 to a refused connection
+REFUSAL_TIMEOUT_S = 0.5  # to write the 503 to a refused connection and close it
 
 _BODY = b'{"error": "too many connections, close some and retry"}'
 REFUSAL = (
@@ -69,6 +69,54 @@ class ConnectionLimits:
             self.by_address.pop(address, None)
 
 
+class _CountedStream:
+    """The connection as hypercorn's TCPServer uses it; closing it gives its place back at
+    once (TCPServer itself may linger until its keep-alive timer ends)."""
+
+    def __init__(self, stream: trio.SocketStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+        self.socket = stream.socket
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self.release()
+
+
+async def _refuse(stream: trio.SocketStream) -> None:
+    """Answer 503 and close; the request is read (and dropped) for a moment first so that the
+    kernel does not reset the connection (and lose the answer) over unread data."""
+    with trio.move_on_after(REFUSAL_TIMEOUT_S), contextlib.suppress(trio.BrokenResourceError):
+        await stream.send_all(REFUSAL)
+        await stream.send_eof()
+        received = 0
+        while received < 65536:
+            chunk = await stream.receive_some(16384)
+            if not chunk:
+                break
+            received += len(chunk)
+    await stream.aclose()
+
+
 async def serve(
     app: Any,
     config: HypercornConfig,
@@ -90,16 +138,14 @@ async def serve(
             await stream.aclose()
             return
         if not limits.admit(address):
-            with trio.move_on_after(REFUSAL_TIMEOUT_S):
-                with contextlib.suppress(trio.BrokenResourceError):
-                    await stream.send_all(REFUSAL)
-            await stream.aclose()
+            await _refuse(stream)
             return
+        counted = _CountedStream(stream, functools.partial(limits.release, address))
         try:
             state = ConnectionState(lifespan_state.copy())
-            await TCPServer(asgi, config, context, state, stream).run()  # type: ignore[arg-type]
+            await TCPServer(asgi, config, context, state, counted).run()  # type: ignore[arg-type]
         finally:
-            limits.release(address)
+            counted.release()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)

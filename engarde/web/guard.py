@@ -132,7 +132,7 @@ class HostCheck:
             return True
         if name in (self.listen_host, self.hostname) or (via is not None and name == via):
             return True
-        return self.local(name)
+        return _is_loopback(name) or self.local(name)
 
     def host_ok(self, host: str | None, extra: list[str], via: str | None = None) -> bool:
         """A request's Host header (None: absent, allowed)."""
@@ -155,6 +155,13 @@ class HostCheck:
         if origin.strip().lower() == "null":
             return True
         return not self.allowed(host_name(origin), extra, via)
+
+
+def _is_loopback(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class PacerPool:

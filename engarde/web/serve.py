@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 GRACEFUL_TIMEOUT_S = 0.5
 HARD_STOP_S = 2.0
+KEEP_ALIVE_S = 5.0  # an idle connection (none sent a request yet) is closed after this; it
+# holds a file descriptor and a place under the connection caps until then (engarde.web.connections)
 
 # hypercorn logs "Running on ... (CTRL + C to quit)" at INFO; engarde says it its own way.
 _hypercorn_log = logging.getLogger(__name__ + ".hypercorn")
@@ -146,7 +148,7 @@ def _hypercorn_config(host: str, port: int) -> HypercornConfig:
     hconfig.errorlog = _hypercorn_log
     hconfig.graceful_timeout = GRACEFUL_TIMEOUT_S
     hconfig.include_server_header = False
-    hconfig.keep_alive_timeout = 30
+    hconfig.keep_alive_timeout = KEEP_ALIVE_S
     return hconfig
 
 
