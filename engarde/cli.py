@@ -69,6 +69,7 @@ def setup_logging(level: str) -> None:
 async def _serve(role: str, path: str, config: Config) -> None:
     from engarde.net.client import run_client
     from engarde.net.reload import Reloader
+    from engarde.net.sd_notify import notify
     from engarde.net.server import run_server
 
     reloader = Reloader(path, "client" if role == "client" else "server", config)
@@ -77,6 +78,7 @@ async def _serve(role: str, path: str, config: Config) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(functools.partial(runner, section, reloader=reloader))
+            notify("READY=1")  # after the "listening" line: systemd's Type=notify readiness
             # Everything loaded so far (quart, pydantic, hypercorn: ~70k objects) lives as long
             # as the process. Freezing it keeps the cyclic GC from rescanning it: a full
             # collection over it holds the GIL for ~50 ms on this kind of machine, and the pump
@@ -89,6 +91,7 @@ async def _serve(role: str, path: str, config: Config) -> None:
                     nursery.start_soon(functools.partial(reloader.reload, why="SIGHUP"))
                     continue
                 logger.info("%s received: shutting down", signal.Signals(signum).name)
+                notify("STOPPING=1")
                 nursery.cancel_scope.cancel()
                 break
 

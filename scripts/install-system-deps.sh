@@ -3,7 +3,7 @@
 # missing (so it costs nothing once done). Needs root when something is missing.
 set -euo pipefail
 PKGS=(iproute2 wireguard-go wireguard-tools nftables iputils-ping tcpdump procps
-      chromium python3-venv make gcc wget)
+      chromium python3-venv make gcc wget systemd)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
