@@ -30,7 +30,9 @@ def receiver() -> Iterator[socket.socket]:
         sock.close()
 
 
-def test_path_socket(receiver: socket.socket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_path_socket(
+    receiver: socket.socket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "notify"
     receiver.bind(str(path))
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
