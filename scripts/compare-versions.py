@@ -23,8 +23,11 @@ def main(path: str) -> None:
         for name, version in sorted(installed.items())
         if name in pinned and pinned[name] != version and name != "setuptools"  # build-only pin
     ]
-    new = [f"  {name}: {v} (not in {path})" for name, v in sorted(installed.items())
-           if name not in pinned and name not in ("pip", "engarde", "setuptools")]
+    new = [
+        f"  {name}: {v} (not in {path})"
+        for name, v in sorted(installed.items())
+        if name not in pinned and name not in ("pip", "engarde", "setuptools")
+    ]
     print(f"newest releases vs {path}: {len(changed)} changed, {len(new)} new")
     print("\n".join(changed + new))
 
