@@ -69,7 +69,7 @@ async def run_client(
     wg_sock = open_listen_socket(config.listenAddr, what="client.listenAddr")
     fanout = Fanout()
     pump = Pump()
-    pump.register(wg_sock, wireguard_handler(wg_sock, core, fanout))
+    pump.register(wg_sock, wireguard_handler(wg_sock, core, fanout, pump.receiver()))
     pump.every(SWEEP_PERIOD_S, lambda: core.sweep(time.monotonic()))
 
     with wg_sock:

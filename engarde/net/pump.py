@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from engarde.net import mmsg
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -84,6 +86,7 @@ class Pump:
         self._stopping = False
         self._timers: list[list[Any]] = []  # [due, period, fn]
         self._next_due = float("inf")
+        self._receivers: dict[bool, mmsg.Receiver] = {}
 
     # ---- any thread ------------------------------------------------------------------------
 
@@ -148,6 +151,18 @@ class Pump:
         fd = sock.fileno()
         if self._handlers.pop(fd, None) is not None and not self._epoll.closed:
             self._epoll.unregister(fd)
+
+    def receiver(self, control: bool = False) -> mmsg.Receiver | None:
+        """The receive slots the handlers of this pump share for recvmmsg (they run one at a
+        time and are done with a batch when they return); with `control`, slots for
+        IP_PKTINFO too. None when libc has no recvmmsg (logged once): plain calls only."""
+        if not mmsg.AVAILABLE:
+            mmsg.log_unavailable_once()
+            return None
+        found = self._receivers.get(control)
+        if found is None:
+            found = self._receivers[control] = mmsg.Receiver(control=control)
+        return found
 
     def every(self, period_s: float, fn: Callable[[], None]) -> None:
         """Run `fn` in the pump thread every `period_s` seconds."""

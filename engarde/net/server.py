@@ -27,6 +27,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -35,6 +36,7 @@ from engarde.config import ServerConfig, parse_host_port
 from engarde.core.peers import Client, ClientAddress, Route
 from engarde.core.server import ServerCore
 from engarde.core.wireguard import DATA, JUNK, message_type
+from engarde.net import mmsg
 from engarde.net.pump import Batch, Handler, Pump, run_pump
 from engarde.net.ratelimit import LogLimiter
 from engarde.net.ready import start_dashboard_and_report
@@ -260,6 +262,8 @@ class ServerRelay:
 
         The hot path, taken inline: a proven address sending transport data of its own client's
         sessions (the tracker says whether it is a first copy). Everything else asks the core.
+        `route_of` decides per datagram for both ways of reading: one datagram per system call,
+        or (a busy socket, Batch limit > 1) one recvmmsg, then one sendmmsg per upstream socket.
         """
         core = self.core
         listen = self.listen
@@ -278,6 +282,9 @@ class ServerRelay:
         open_route = self.open_route
         monotonic = time.monotonic
         log_lines, closing = core.pending_work
+        slots = self.pump.receiver(control=pktinfo)
+        iovecs = mmsg.Iovecs() if slots is not None else None
+        to_wg = mmsg.Messages(iovecs) if iovecs is not None else None  # connected sockets
 
         batch = Batch()
         local: bytes | None = None  # where the last datagram was sent to (IP_PKTINFO)
@@ -287,10 +294,61 @@ class ServerRelay:
         # each (an EAGAIN, ~2 us, when fewer came, against ~4 us a wake-up).
         copies = 1
 
+        def route_of(
+            src: Any, local: bytes | None, data: memoryview, n: int, now: float, dedup: bool
+        ) -> Route | None:
+            """Where one datagram from a client address goes: a route to WireGuard, or None
+            (dropped here, counted). Counts everything the dashboard shows for it."""
+            nonlocal copies
+            route: Route | None = None
+            entry = addresses.get(src)
+            if entry is not None and n:
+                # The hot path: a proven address sending transport data of its own client's
+                # sessions (with relayNonWireGuard: anything from an address seen before).
+                client: Client = entry.client  # type: ignore[assignment]
+                if not strict:
+                    route = client
+                elif n >= 32 and data[0] == 4 and not (data[1] or data[2] or data[3]):
+                    index, counter = header(data, 4)
+                    if index in client.local_indices and local == entry.local_raw:
+                        route = client  # (sent elsewhere: the core decides, see _move_local)
+                if route is not None:
+                    entry.last_seen = now
+                    entry.local_raw = local
+                    move_to_end(src)
+                    client.last_seen = now
+                    copies = len(client.addresses)
+                    entry.rx_datagrams += 1
+                    entry.rx_bytes += n
+                    stats.clients_rx_datagrams += 1
+                    stats.clients_rx_bytes += n
+                    if (
+                        strict
+                        and not client.tracker.see(
+                            index, counter, bytes(data[n - 16 : n]), entry.quality, now
+                        )
+                        and dedup
+                    ):
+                        client.duplicates_dropped += 1
+                        stats.duplicates_dropped += 1
+                        return None
+                    return route
+            kind = message_type(data, n) if strict else (DATA if n else JUNK)
+            if kind == JUNK:  # before any other work: a junk flood costs little
+                if n == 0:
+                    stats.empty_datagrams += 1
+                else:
+                    stats.junk_datagrams += 1
+                return None
+            return from_client(src, local, kind, data, n, now)
+
         def drain() -> None:
-            nonlocal local, last_cmsg, copies
+            nonlocal local, last_cmsg
             now = monotonic()
             dedup = core.dedup  # per batch: a reload may change it
+            if slots is not None and batch.limit > 1:
+                drain_batch(now, dedup)
+                return
             for _ in range(max(batch.limit, copies)):
                 try:
                     if pktinfo:
@@ -307,49 +365,9 @@ class ServerRelay:
                 except OSError:  # nothing known raises here; count it rather than stop
                     stats.recv_errors += 1
                     continue
-                route: Route | None = None
-                entry = addresses.get(src)
-                if entry is not None and n:
-                    # The hot path: a proven address sending transport data of its own client's
-                    # sessions (with relayNonWireGuard: anything from an address seen before).
-                    client: Client = entry.client  # type: ignore[assignment]
-                    if not strict:
-                        route = client
-                    elif n >= 32 and buf[0] == 4 and buf[1:4] == _NOT_RESERVED:
-                        index, counter = header(buf, 4)
-                        if index in client.local_indices and local == entry.local_raw:
-                            route = client  # (sent elsewhere: the core decides, see _move_local)
-                    if route is not None:
-                        entry.last_seen = now
-                        entry.local_raw = local
-                        move_to_end(src)
-                        client.last_seen = now
-                        copies = len(client.addresses)
-                        entry.rx_datagrams += 1
-                        entry.rx_bytes += n
-                        stats.clients_rx_datagrams += 1
-                        stats.clients_rx_bytes += n
-                        if (
-                            strict
-                            and not client.tracker.see(
-                                index, counter, buf[n - 16 : n], entry.quality, now
-                            )
-                            and dedup
-                        ):
-                            client.duplicates_dropped += 1
-                            stats.duplicates_dropped += 1
-                            continue
+                route = route_of(src, local, view, n, now, dedup)
                 if route is None:
-                    kind = message_type(view, n) if strict else (DATA if n else JUNK)
-                    if kind == JUNK:  # before any other work: a junk flood costs little
-                        if n == 0:
-                            stats.empty_datagrams += 1
-                        else:
-                            stats.junk_datagrams += 1
-                        continue
-                    route = from_client(src, local, kind, view, n, now)
-                    if route is None:
-                        continue
+                    continue
                 sock = route.upstream
                 if sock is None:
                     sock = open_route(route)
@@ -368,6 +386,58 @@ class ServerRelay:
             if log_lines or closing:
                 self.after(now)
 
+        def drain_batch(now: float, dedup: bool) -> None:
+            """One recvmmsg; each datagram routed as above; one sendmmsg per upstream socket
+            (each socket's datagrams in the order they came)."""
+            assert slots is not None and iovecs is not None and to_wg is not None
+            limit = batch.limit
+            try:
+                k = slots.recv(listen.fileno(), limit)
+            except BlockingIOError:
+                batch.drained()
+                return
+            except OSError:
+                stats.recv_errors += 1
+                return
+            going: dict[socket.socket, list[int]] = {}
+            size, data_of, source, local_of = slots.size, slots.data, slots.source, slots.local
+            for i in range(k):
+                n = size(i)
+                route = route_of(
+                    source(i), local_of(i) if pktinfo else None, data_of(i, n), n, now, dedup
+                )
+                if route is None:
+                    continue
+                sock = route.upstream
+                if sock is None:
+                    sock = open_route(route)
+                    if sock is None:
+                        continue
+                queued = going.get(sock)
+                if queued is None:
+                    going[sock] = [i]
+                else:
+                    queued.append(i)
+            if k < limit:
+                batch.drained()
+            else:
+                batch.filled()
+            point, address = iovecs.point, slots.address
+            for sock, queued in going.items():
+                total = 0
+                for j, i in enumerate(queued):
+                    n = size(i)
+                    point(j, address(i), n)
+                    total += n
+                count = len(queued)
+                sent, full, failed = to_wg.send_all(sock.fileno(), count)
+                stats.wg_tx_datagrams += sent
+                stats.wg_tx_bytes += total if sent == count else to_wg.sent_bytes()
+                stats.wg_tx_dropped_full += full
+                stats.wg_tx_errors += failed
+            if log_lines or closing:
+                self.after(now)
+
         return drain
 
     # ---- WireGuard -> client addresses ----------------------------------------------------------
@@ -376,7 +446,11 @@ class ServerRelay:
         """What WireGuard sends on `route`'s socket -> the live addresses of the client it is
         for, up to a batch per call. A send that would block is dropped and counted for that
         address; a send that fails drops the address (it proves itself again with its next
-        datagram), without affecting the others."""
+        datagram), without affecting the others.
+
+        `targets_of` decides per datagram for both ways of reading: one datagram per system
+        call, or (a busy socket) one recvmmsg and one sendmmsg for every copy of the batch
+        (each message with its own destination and, on a wildcard address, IP_PKTINFO)."""
         core = self.core
         buf = bytearray(RECV_BYTES)
         view = memoryview(buf)
@@ -393,12 +467,30 @@ class ServerRelay:
         log_lines, closing = core.pending_work
         receiver = _INDEX.unpack_from
         failed: list[tuple[ClientAddress, int | None]] = []
+        slots = self.pump.receiver()
+        iovecs = mmsg.Iovecs(4 * mmsg.SLOTS) if slots is not None else None
+        out = mmsg.Messages(iovecs, names=True, control=pktinfo) if iovecs is not None else None
+        queued: list[tuple[ClientAddress, int]] = []  # what each message of `out` carries
 
         batch = Batch()
+
+        def targets_of(data: memoryview, n: int, now: float) -> Iterable[ClientAddress]:
+            """Where one datagram from WireGuard goes (before the liveness cut-off)."""
+            kind = message_type(data, n) if strict else DATA
+            if (
+                fast is not None
+                and kind == DATA
+                and (not strict or receiver(data, 4)[0] in fast.peer_indices)
+            ):
+                return fast.addresses.values()  # the hot path: a known session
+            return from_wireguard(route, kind, data, now)
 
         def drain() -> None:
             now = monotonic()
             cutoff = now - core.timeout_s
+            if slots is not None and batch.limit > 1:
+                drain_batch(now, cutoff)
+                return
             for _ in range(batch.limit):
                 try:
                     n = recv(buf)
@@ -413,17 +505,8 @@ class ServerRelay:
                     continue
                 stats.wg_rx_datagrams += 1
                 stats.wg_rx_bytes += n
-                kind = message_type(view, n) if strict else DATA
-                if (
-                    fast is not None
-                    and kind == DATA
-                    and (not strict or receiver(buf, 4)[0] in fast.peer_indices)
-                ):
-                    targets = fast.addresses.values()  # the hot path: a known session
-                else:
-                    targets = from_wireguard(route, kind, view, now)  # type: ignore[assignment]
                 data = view[:n]
-                for entry in targets:
+                for entry in targets_of(data, n, now):
                     if entry.last_seen < cutoff:
                         continue
                     try:
@@ -443,14 +526,88 @@ class ServerRelay:
                         entry.last_tx_errno = exc.errno
                         failed.append((entry, exc.errno))
                 if failed:
-                    for entry, err in failed:
-                        line = core.drop(entry.address, err, now)
-                        if line:
-                            self.log.warning(now, line)
-                    failed.clear()
+                    drop_failed(now)
             else:
                 batch.filled()
             if log_lines or closing:
                 self.after(now)
+
+        def drop_failed(now: float) -> None:
+            for entry, err in failed:
+                line = core.drop(entry.address, err, now)
+                if line:
+                    self.log.warning(now, line)
+            failed.clear()
+
+        def drain_batch(now: float, cutoff: float) -> None:
+            assert slots is not None and iovecs is not None and out is not None
+            limit = batch.limit
+            try:
+                k = slots.recv(upstream.fileno(), limit)
+            except BlockingIOError:
+                batch.drained()
+                return
+            except OSError:
+                stats.recv_errors += 1
+                return
+            size, data_of, address = slots.size, slots.data, slots.address
+            point, set_name, set_control = iovecs.point, out.set_name, out.set_control
+            sockaddr_of = mmsg.sockaddr_of
+            room = iovecs.slots
+            m = 0
+            for i in range(k):
+                n = size(i)
+                if n == 0:
+                    stats.empty_datagrams += 1
+                    continue
+                stats.wg_rx_datagrams += 1
+                stats.wg_rx_bytes += n
+                for entry in targets_of(data_of(i, n), n, now):
+                    if entry.last_seen < cutoff:
+                        continue
+                    if m == room:
+                        flush(m)
+                        m = 0
+                    point(m, address(i), n)
+                    set_name(m, sockaddr_of(entry.address))
+                    if pktinfo:
+                        set_control(m, entry.local_raw)
+                    queued.append((entry, n))
+                    m += 1
+            if m:
+                flush(m)
+            if failed:
+                drop_failed(now)
+            if k < limit:
+                batch.drained()
+            else:
+                batch.filled()
+            if log_lines or closing:
+                self.after(now)
+
+        def flush(count: int) -> None:
+            """One sendmmsg of the queued copies; counters per address, as the plain path."""
+            assert out is not None
+            sent, _full, bad = out.send_all(self.listen.fileno(), count)
+            if sent == count:
+                for entry, n in queued:
+                    entry.tx_datagrams += 1
+                    entry.tx_bytes += n
+            else:
+                errors = dict(out.failures)
+                tried = out.tried
+                rest_errno = out.last_errno if bad > len(errors) else 0  # ENOBUFS: the rest
+                for j, (entry, n) in enumerate(queued):
+                    err = errors.get(j) if j < tried else rest_errno
+                    if err is None:
+                        entry.tx_datagrams += 1
+                        entry.tx_bytes += n
+                    elif err == 0:
+                        entry.tx_dropped_full += 1
+                    else:
+                        entry.tx_errors += 1
+                        entry.last_tx_errno = err
+                        failed.append((entry, err))
+            queued.clear()
 
         return drain

@@ -32,6 +32,7 @@ from engarde.core.addr import format_address
 from engarde.core.client import ClientCore, PathKey, UplinkPlan
 from engarde.core.copies import LinkQuality
 from engarde.core.stats import LinkStats
+from engarde.net import mmsg
 from engarde.net.pump import Batch, Handler, Pump
 from engarde.net.ratelimit import LogLimiter
 from engarde.net.sockets import (
@@ -51,18 +52,26 @@ PEER_LOG_BURST = 5.0
 
 # (bound sendto, destination, the path's counters): what the WireGuard-side loop needs per copy.
 Target = tuple[Callable[[Any, Any], int], tuple[Any, ...], LinkStats]
+# (socket fd, header array towards the destination): the same copies, a batch per system call.
+BatchOut = tuple[int, "mmsg.Messages"]
 
 
 class Fanout:
-    """The paths every datagram from WireGuard is copied to. Used only in the pump thread."""
+    """The paths every datagram from WireGuard is copied to. Used only in the pump thread.
+
+    A path may also bring a batched sender (its socket's fd and an `mmsg.Messages` array
+    towards its destination, built on the Fanout's one `iovecs`): a busy WireGuard socket's
+    batch is then pointed at once and sent with one sendmmsg per path."""
 
     def __init__(self) -> None:
-        self._by_key: dict[PathKey, Target] = {}
+        self._by_key: dict[PathKey, tuple[Target, BatchOut | None]] = {}
         self.targets: tuple[Target, ...] = ()
+        self.batched: tuple[tuple[Target, BatchOut | None], ...] = ()
+        self.iovecs = mmsg.Iovecs() if mmsg.AVAILABLE else None
 
-    def add(self, key: PathKey, target: Target) -> None:
-        self._by_key[key] = target
-        self.targets = tuple(self._by_key.values())
+    def add(self, key: PathKey, target: Target, out: BatchOut | None = None) -> None:
+        self._by_key[key] = (target, out)
+        self._changed()
 
     def remove(self, key: PathKey, target: Target) -> bool:
         """Remove `target` if it is still the one registered for `key` (True if it was).
@@ -70,11 +79,22 @@ class Fanout:
         On a plan change the new path task registers its socket before the cancelled old task
         gets to clean up: the old task must not remove the new socket.
         """
-        if self._by_key.get(key) is target:
+        found = self._by_key.get(key)
+        if found is not None and found[0] is target:
             del self._by_key[key]
-            self.targets = tuple(self._by_key.values())
+            self._changed()
             return True
         return False
+
+    def batch_out(self, sock: socket.socket, dst: tuple[Any, ...]) -> BatchOut | None:
+        """A batched sender from `sock` to `dst` on this Fanout's iovecs (None without mmsg)."""
+        if self.iovecs is None:
+            return None
+        return sock.fileno(), mmsg.Messages(self.iovecs, name=mmsg.sockaddr_of(dst))
+
+    def _changed(self) -> None:
+        self.batched = tuple(self._by_key.values())
+        self.targets = tuple(target for target, _ in self.batched)
 
 
 def wake_channel() -> tuple[Callable[[], None], trio.MemoryReceiveChannel[None]]:
@@ -223,11 +243,14 @@ async def run_uplink(
         with contextlib.suppress(trio.RunFinishedError):
             token.run_sync_soon(failure.set)
 
-    handler = uplink_handler(sock, dst, stats, quality, core, uplink.wg_sock, on_error)
+    handler = uplink_handler(
+        sock, dst, stats, quality, core, uplink.wg_sock, on_error, pump.receiver()
+    )
+    out = fanout.batch_out(sock, dst)
 
     def attach() -> None:  # in the pump thread
         pump.register(sock, handler)
-        fanout.add(plan.key, target)
+        fanout.add(plan.key, target, out)
         core.link_carrying(quality, time.monotonic())
 
     try:
@@ -268,6 +291,7 @@ def uplink_handler(
     core: ClientCore,
     wg_sock: socket.socket,
     on_error: Callable[[OSError], None],
+    receiver: mmsg.Receiver | None = None,
 ) -> Handler:
     """Server -> WireGuard for one uplink: drains up to a batch per call, in the pump thread.
 
@@ -276,6 +300,10 @@ def uplink_handler(
     more" ends the path: `on_error`. Every transport-data copy goes through the core's copy
     tracker (per-path quality); an exact copy of one already handed to WireGuard is dropped
     unless `dedup: false` (read per batch: a reload may change it).
+
+    With a `receiver` (the pump's shared recvmmsg slots), a busy socket (Batch limit > 1) is
+    read with one recvmmsg and what goes on to WireGuard leaves with one sendmmsg; `accept`
+    decides per datagram on both paths, so the counters are the same either way.
     """
     buf = bytearray(RECV_BYTES)
     view = memoryview(buf)
@@ -285,12 +313,37 @@ def uplink_handler(
     see = core.tracker.see
     header = _DATA_HEADER.unpack_from
     monotonic = time.monotonic
+    server_raw = mmsg.sockaddr_of(server) if receiver is not None else b""
+    iovecs = mmsg.Iovecs() if receiver is not None else None
+    to_wg: list[Any] = [None, None]  # WireGuard's address and the header array towards it
 
     batch = Batch()
 
+    def accept(data: bytearray | memoryview, n: int, now: float, dedup: bool) -> bool:
+        """One datagram from the server (source already checked): counted; True if it goes
+        on to WireGuard (not empty, not a duplicate)."""
+        if n == 0:
+            relay.empty_datagrams += 1
+            return False
+        stats.rx_datagrams += 1
+        stats.rx_bytes += n
+        # Transport data (type 4, reserved bytes zero, at least 32 bytes): one of N copies.
+        if data[0] == 4 and n >= 32 and not (data[1] or data[2] or data[3]):
+            index, counter = header(data, 4)
+            if not see(index, counter, bytes(data[n - 16 : n]), quality, now) and dedup:
+                relay.duplicates_dropped += 1
+                return False
+        if core.wg_peer is None:
+            stats.rx_no_peer += 1
+            return False
+        return True
+
     def drain() -> None:
-        accepted = 0
         now = monotonic()
+        if receiver is not None and batch.limit > 1:
+            drain_batch(now)
+            return
+        accepted = False
         check_source = core.drop_foreign
         dedup = core.dedup
         for _ in range(batch.limit):
@@ -305,24 +358,12 @@ def uplink_handler(
             if check_source and src != server:
                 stats.rx_foreign += 1
                 continue
-            if n == 0:
-                relay.empty_datagrams += 1
+            if not accept(buf, n, now, dedup):
+                accepted = accepted or n > 0
                 continue
-            accepted += 1
-            stats.rx_datagrams += 1
-            stats.rx_bytes += n
-            # Transport data (type 4, reserved bytes zero, at least 32 bytes): one of N copies.
-            if buf[0] == 4 and n >= 32 and buf[1:4] == _NOT_RESERVED:
-                index, counter = header(buf, 4)
-                if not see(index, counter, buf[n - 16 : n], quality, now) and dedup:
-                    relay.duplicates_dropped += 1
-                    continue
-            peer = core.wg_peer
-            if peer is None:
-                stats.rx_no_peer += 1
-                continue
+            accepted = True
             try:
-                send_to_wg(view[:n], peer)
+                send_to_wg(view[:n], core.wg_peer)  # type: ignore[arg-type]
                 relay.wg_tx_datagrams += 1
                 relay.wg_tx_bytes += n
             except BlockingIOError:
@@ -334,22 +375,86 @@ def uplink_handler(
         if accepted:
             stats.last_rx = now  # once per batch, not per datagram
 
+    def drain_batch(now: float) -> None:
+        assert receiver is not None and iovecs is not None
+        limit = batch.limit
+        try:
+            k = receiver.recv(sock.fileno(), limit)
+        except BlockingIOError:
+            batch.drained()
+            return
+        except OSError as exc:
+            on_error(exc)
+            return
+        check_source = core.drop_foreign
+        dedup = core.dedup
+        point, size, data_of, address = iovecs.point, receiver.size, receiver.data, receiver.address
+        going = 0
+        total = 0
+        accepted = False
+        for i in range(k):
+            n = size(i)
+            if check_source and receiver.source_raw(i) != server_raw:
+                stats.rx_foreign += 1
+                continue
+            accepted = accepted or n > 0
+            if accept(data_of(i, n), n, now, dedup):
+                point(going, address(i), n)
+                going += 1
+                total += n
+        if going:
+            peer = core.wg_peer
+            if peer is not None and peer != to_wg[0]:
+                to_wg[0], to_wg[1] = peer, mmsg.Messages(iovecs, name=mmsg.sockaddr_of(peer))
+            messages = to_wg[1]
+            sent, full, failed = messages.send_all(wg_sock.fileno(), going)
+            relay.wg_tx_datagrams += sent
+            if sent < going:
+                total = messages.sent_bytes()
+                stats.rx_dropped_full += full
+                relay.wg_tx_errors += failed
+            relay.wg_tx_bytes += total
+        if k < limit:
+            batch.drained()
+        else:
+            batch.filled()
+        if accepted:
+            stats.last_rx = now
+
     return drain
 
 
-def wireguard_handler(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) -> Handler:
+def wireguard_handler(
+    wg_sock: socket.socket,
+    core: ClientCore,
+    fanout: Fanout,
+    receiver: mmsg.Receiver | None = None,
+) -> Handler:
     """WireGuard -> every uplink, up to a batch per call, in the pump thread. A copy that cannot
     be queued at once is dropped and counted for that link: a stalled link never delays the
-    others."""
+    others.
+
+    With a `receiver` and a busy socket (Batch limit > 1): one recvmmsg, the batch pointed at
+    once in the Fanout's iovecs, then one sendmmsg per path (the same iovecs for every path),
+    counters per batch. A path whose sendmmsg stops early gets the rest counted as dropped
+    (full) or failed, for that path only."""
     buf = bytearray(RECV_BYTES)
     view = memoryview(buf)
     recv = wg_sock.recvfrom_into
     relay = core.stats
     peer_log = LogLimiter(logger, per_s=PEER_LOG_PER_S, burst=PEER_LOG_BURST)
+    peer_raw: list[Any] = [None, b""]  # WireGuard's address, and as raw sockaddr bytes
 
     batch = Batch()
 
+    def note_source(src: tuple[Any, ...]) -> None:
+        if src != core.wg_peer:  # any local sender can do this: counted, log rate-limited
+            peer_log.info(time.monotonic(), core.on_wireguard_source(src))
+
     def drain() -> None:
+        if receiver is not None and fanout.iovecs is not None and batch.limit > 1:
+            drain_batch()
+            return
         for _ in range(batch.limit):
             try:
                 n, src = recv(buf)
@@ -359,8 +464,7 @@ def wireguard_handler(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) 
             except OSError:  # nothing known raises here; count it rather than stop the relay
                 relay.recv_errors += 1
                 continue
-            if src != core.wg_peer:  # any local sender can do this: counted, log rate-limited
-                peer_log.info(time.monotonic(), core.on_wireguard_source(src))
+            note_source(src)
             if n == 0:
                 relay.empty_datagrams += 1
                 continue
@@ -383,4 +487,84 @@ def wireguard_handler(wg_sock: socket.socket, core: ClientCore, fanout: Fanout) 
                     stats.last_tx_errno = exc.errno
         batch.filled()
 
+    def drain_batch() -> None:
+        assert receiver is not None and fanout.iovecs is not None
+        limit = batch.limit
+        try:
+            k = receiver.recv(wg_sock.fileno(), limit)
+        except BlockingIOError:
+            batch.drained()
+            return
+        except OSError:
+            relay.recv_errors += 1
+            return
+        iovecs = fanout.iovecs
+        point, size, address = iovecs.point, receiver.size, receiver.address
+        source_raw = receiver.source_raw
+        going = 0
+        total = 0
+        for i in range(k):
+            n = size(i)
+            if source_raw(i) != peer_raw[1] or core.wg_peer != peer_raw[0]:
+                note_source(receiver.source(i))
+                peer_raw[0] = core.wg_peer
+                peer_raw[1] = receiver.source_raw(i)
+            if n == 0:
+                relay.empty_datagrams += 1
+                continue
+            point(going, address(i), n)
+            going += 1
+            total += n
+        if k < limit:
+            batch.drained()
+        else:
+            batch.filled()
+        if not going:
+            return
+        relay.wg_rx_datagrams += going
+        relay.wg_rx_bytes += total
+        batched = fanout.batched
+        if not batched:
+            relay.no_uplink_drops += going
+            return
+        for (sendto, dst, stats), out in batched:
+            if out is None:  # no batched sender for this path: one sendto per copy
+                _send_each(receiver, iovecs, going, sendto, dst, stats)
+                continue
+            messages = out[1]
+            sent, full, failed = messages.send_all(out[0], going)
+            stats.tx_datagrams += sent
+            if sent == going:
+                stats.tx_bytes += total
+                continue
+            stats.tx_bytes += messages.sent_bytes()
+            stats.tx_dropped_full += full
+            if failed:
+                stats.tx_errors += failed
+                failures = messages.failures
+                stats.last_tx_errno = failures[-1][1] if failures else messages.last_errno
+
     return drain
+
+
+def _send_each(
+    receiver: mmsg.Receiver,
+    iovecs: mmsg.Iovecs,
+    count: int,
+    sendto: Callable[[Any, Any], int],
+    dst: tuple[Any, ...],
+    stats: LinkStats,
+) -> None:
+    """The pointed batch, one sendto per datagram (a path without a batched sender)."""
+    base, q = receiver.base, iovecs.q
+    for j in range(count):
+        start, n = q[2 * j] - base, q[2 * j + 1]
+        try:
+            sendto(receiver.view[start : start + n], dst)
+            stats.tx_datagrams += 1
+            stats.tx_bytes += n
+        except BlockingIOError:
+            stats.tx_dropped_full += 1
+        except OSError as exc:
+            stats.tx_errors += 1
+            stats.last_tx_errno = exc.errno
