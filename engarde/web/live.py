@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -113,6 +114,8 @@ class Dashboard:
         self.broadcast = Broadcast()
         self.open_streams = 0
         self.streams_by_address: dict[str, int] = {}  # open event streams per client address
+        self.sample_seconds = 0.0  # what the latest tick cost (wall clock), and the worst one
+        self.sample_seconds_max = 0.0
 
     @property
     def client(self) -> ClientCore | None:
@@ -146,6 +149,12 @@ class Dashboard:
         else:
             doc = views.server_status(snap, self.version, rates, baseline)
         doc["process"] = process_stats()  # tasks, open fds, RSS: leaks show here first
+        doc["dashboard"] = {  # its own cost and size: bounded whatever arrives (docs/web.md)
+            "sampleSeconds": round(self.sample_seconds, 6),
+            "sampleSecondsMax": round(self.sample_seconds_max, 6),
+            "historyEntries": sum(len(s.deltas) for s in self.history.samples),
+            "openStreams": self.open_streams,
+        }
         return doc
 
     # ---- commands (client) -------------------------------------------------------------------
@@ -175,12 +184,15 @@ class Dashboard:
 
     def sample(self) -> Sample | None:
         """One tick: snapshot, history sample, event to every page."""
+        started = time.perf_counter()
         snap = self.snapshot(STREAM_PENDING_SHOWN)
         sample = self.history.add(
             snap["uptime"], views.traffic_totals(snap), views.unproven_totals(snap)
         )
         self.quality.add(snap["uptime"], views.quality_totals(snap))
         self.publish(snap, sample)
+        self.sample_seconds = time.perf_counter() - started
+        self.sample_seconds_max = max(self.sample_seconds_max, self.sample_seconds)
         return sample
 
     def publish(self, snapshot: dict[str, Any] | None = None, sample: Sample | None = None) -> None:
