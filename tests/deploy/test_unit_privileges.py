@@ -1,8 +1,10 @@
 """The client runs as the systemd unit runs it: not root, with only the capabilities the unit
-grants (examples/systemd/engarde-client.service: AmbientCapabilities, NoNewPrivileges), and
-relays real WireGuard over every uplink. systemd itself is not there in the lab: setpriv sets up
-the same user, capability sets and no_new_privs. On kernels >= 5.7 it also runs with no
-capability at all (binding a socket to its uplink once needs none; the buffers fall back).
+grants (examples/systemd/engarde-client.service: AmbientCapabilities, NoNewPrivileges,
+MemoryDenyWriteExecute), and relays real WireGuard over every uplink. systemd itself is not there
+in the lab: setpriv sets up the same user, capability sets and no_new_privs, and the kernel's
+PR_SET_MDWE (tests/deploy/mdwe_exec.py) the memory protection: Python's ctypes (used by the
+data path's recvmmsg/sendmmsg) must live with it. On kernels >= 5.7 the client also runs with
+no capability at all (binding a socket to its uplink once needs none; the buffers fall back).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.net.helpers import (
 )
 
 UNITS = REPO_ROOT / "examples" / "systemd"
+MDWE_EXEC = Path(__file__).resolve().parent / "mdwe_exec.py"
 WG_SERVER_PORT = 59301
 NOBODY = 65534
 CAP_BITS = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
@@ -41,6 +44,17 @@ def unit_caps() -> list[str]:
     found = re.search(r"^AmbientCapabilities=(.*)$", text, re.MULTILINE)
     assert found, "no AmbientCapabilities= in the client unit"
     return found[1].split()
+
+
+def mdwe_works() -> bool:
+    """The kernel has PR_SET_MDWE, and it refuses a writable and executable mapping after it."""
+    probe = "import mmap; mmap.mmap(-1, 4096, prot=7)"  # PROT_READ|PROT_WRITE|PROT_EXEC
+    done = subprocess.run([sys.executable, str(MDWE_EXEC), sys.executable, "-c", probe],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    if done.returncode == 3:
+        return False  # kernel < 6.3
+    assert "PermissionError" in done.stderr, f"W+X mapping allowed under MDWE: {done}"
+    return True
 
 
 def kernel_at_least(major: int, minor: int) -> bool:
@@ -70,9 +84,16 @@ def test_client_as_unprivileged_user(lab: Lab, caps: str) -> None:
         server = start_server(lab, config)
         names = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in granted)])
         log_path = lab.workdir / f"client-{caps}.log"
+        mdwe: list[str] = []
+        if (
+            caps == "unit"
+            and "\nMemoryDenyWriteExecute=yes" in (UNITS / "engarde-client.service").read_text()
+        ):
+            mdwe = [sys.executable, str(MDWE_EXEC)] if mdwe_works() else []
         with log_path.open("wb") as err:
             proc = lab.popen(
                 lab.client_ns,
+                *mdwe,
                 "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                 f"--inh-caps={names}", f"--ambient-caps={names}", f"--bounding-set={names}",
                 "--no-new-privs",
