@@ -32,6 +32,7 @@ bumps the `LinkStats` counters owned here directly (same thread, no locks).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +130,9 @@ class ClientCore:
         self.wg_peer: tuple[Any, ...] | None = None  # where replies go: WireGuard's last source
         self.started_at = now
         self.on_change: Callable[[], None] = _nothing
+        # Host-name destinations -> the address their paths send to: (dst text, family) -> the
+        # socket address. Set by the first path that resolved it or by the resolver task.
+        self.resolved: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._now = now
         self._reported: dict[int, tuple[str, str, tuple[str, ...]]] = {}  # name, state, sources
 
@@ -163,6 +167,55 @@ class ClientCore:
             return f"WireGuard peer at {format_address(source)}: replies go there"
         new = format_address(source)
         return f"WireGuard moved from {format_address(old)} to {new}: replies follow"
+
+    # ---- host-name destinations (the resolver task) ---------------------------------------
+
+    def host_destinations(self) -> list[tuple[str, str]]:
+        """(dst, family) of the wanted paths whose destination is a host name."""
+        found = {(p.dst, p.family) for p in self.wanted().values() if is_host_name(p.dst)}
+        return sorted(found)
+
+    def destination(self, plan: UplinkPlan) -> tuple[Any, ...] | None:
+        """The address a path of `plan` sends to, if its host name was resolved already."""
+        return self.resolved.get((plan.dst, plan.family))
+
+    def adopt_destination(self, plan: UplinkPlan, address: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A path resolved its host name itself: the address every path of that name uses
+        (the first one known, so that round-robin answers do not split them)."""
+        if not is_host_name(plan.dst):
+            return address
+        return self.resolved.setdefault((plan.dst, plan.family), address)
+
+    def on_resolved(
+        self, dst: str, family: str, addresses: list[tuple[Any, ...]], now: float
+    ) -> str | None:
+        """The resolver's answer for `dst`. The paths keep their address while the name still
+        includes it; otherwise they move to the first one (the supervisor opens each path's
+        new socket before the old one goes). Returns a log line when they move."""
+        key = (dst, family)
+        current = self.resolved.get(key)
+        if not addresses or current in addresses:
+            return None
+        new = self.resolved[key] = addresses[0]
+        if current is None:
+            return None
+        self.stats.destination_moves += 1
+        moving = sum(1 for p in self.wanted().values() if (p.dst, p.family) == key)
+        self.on_change()
+        return (
+            f"{dst} moved: {format_address(current)} -> {format_address(new)}; "
+            f"{moving} path{'' if moving == 1 else 's'} follow"
+        )
+
+    def last_heard(self) -> float | None:
+        """When anything last came from the server, over any path (None: never)."""
+        times = [
+            p.stats.last_rx
+            for up in self.uplinks.values()
+            for p in up.paths.values()
+            if p.stats.last_rx is not None
+        ]
+        return max(times, default=None)
 
     # ---- commands (dashboard, reload) -----------------------------------------------------
 
@@ -201,6 +254,8 @@ class ClientCore:
         self.dedup = config.dedup
         self.drop_foreign = config.dropForeignSources
         self._refresh(now)
+        in_use = {(p.dst, p.family) for p in self.wanted().values()}
+        self.resolved = {k: v for k, v in self.resolved.items() if k in in_use}
 
     # ---- what should run -----------------------------------------------------------------
 
@@ -502,3 +557,16 @@ def _nothing() -> None:
 
 
 __all__ = ["ClientCore", "Path", "UnknownInterface", "UplinkPlan", "errno_name"]
+
+
+def is_host_name(dst: str) -> bool:
+    """True when the host of a HOST:PORT destination is a name to resolve (not an address,
+    not "" for this machine)."""
+    host = dst.rpartition(":")[0]
+    if not host or host.startswith("["):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False

@@ -78,3 +78,4 @@ class ClientStats(RelayStats):
     """The client's process-wide counters."""
 
     wg_peer_changes: int = 0  # WireGuard's source (where replies go) changed: any local sender
+    destination_moves: int = 0  # a host-name dstAddr resolved to a new address: paths moved

@@ -8,6 +8,8 @@ run_client
 ├─ netlink watcher    kernel link/address events -> core -> supervisor wake-up
 ├─ link supervisor    core.wanted() vs running uplinks; one task per uplink
 │   └─ uplink task    opens its socket, hands it to the pump, takes it back and closes it
+├─ resolver           host-name destinations resolved again (resolveInterval, and sooner on
+│                       silence from the server) -> core -> supervisor moves the paths
 └─ dashboard          optional (webManager)
 """
 
@@ -24,6 +26,7 @@ from engarde.net.netlink import run_netlink_watcher
 from engarde.net.pump import Pump, run_pump
 from engarde.net.ready import start_dashboard_and_report
 from engarde.net.reload import Reloader, ReloadError
+from engarde.net.resolver import run_resolver
 from engarde.net.sockets import SocketSetupError, open_listen_socket, resolve_udp
 from engarde.net.uplinks import Fanout, run_link_supervisor, wake_channel, wireguard_handler
 
@@ -77,6 +80,7 @@ async def run_client(
             await nursery.start(run_pump, pump)
             await nursery.start(run_netlink_watcher, core)
             await nursery.start(run_link_supervisor, core, pump, fanout, wg_sock, wakeups, poke)
+            nursery.start_soon(run_resolver, core)
             if reloader is not None:
 
                 async def apply(section: ClientConfig) -> None:

@@ -160,6 +160,14 @@ async def resolve_udp(text: str, *, what: str, family: str | None = None) -> tup
     `family` "ipv4" / "ipv6": only that family will do (a path's socket has one); None: any,
     IPv4 preferred. Raises SocketSetupError when the name does not resolve to that family.
     """
+    return (await resolve_udp_all(text, what=what, family=family))[0]
+
+
+async def resolve_udp_all(
+    text: str, *, what: str, family: str | None = None
+) -> list[tuple[Any, ...]]:
+    """Like resolve_udp, every address the name has (IPv4 first, then the resolver's order;
+    never empty). Host names are resolved in a worker thread (trio's getaddrinfo)."""
     host, port = parse_host_port(text, what=what)
     if not host:  # ":PORT" means this machine
         host = "::1" if family == "ipv6" else "127.0.0.1"
@@ -181,8 +189,13 @@ async def resolve_udp(text: str, *, what: str, family: str | None = None) -> tup
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     if not infos:
         raise SocketSetupError(f"cannot resolve {text} ({what}): no {family or ''} addresses")
-    sockaddr: tuple[Any, ...] = tuple(infos[0][4])
-    return (str(sockaddr[0]), int(sockaddr[1]), *sockaddr[2:])
+    found: list[tuple[Any, ...]] = []
+    for info in infos:
+        sockaddr: tuple[Any, ...] = tuple(info[4])
+        address = (str(sockaddr[0]), int(sockaddr[1]), *sockaddr[2:])
+        if address not in found:
+            found.append(address)
+    return found
 
 
 def _is_ip(host: str) -> bool:

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.05  # then doubling: 0.1, 0.2, ... up to RETRY_MAX_S
 RETRY_MAX_S = 10.0
+RETIRE_LINGER_S = 1.0  # a replaced socket (new destination) is still read this long
 PEER_LOG_PER_S = 0.2  # "WireGuard moved" lines: a burst of 5, then one every 5 s at most
 PEER_LOG_BURST = 5.0
 
@@ -114,7 +115,16 @@ class _Running:
     scope: trio.CancelScope
     started_at: float
     ended: bool = False
-    replaces: _Running | None = None  # same path, old plan: cancelled once this one attached
+    replaces: _Running | None = None  # same path, old plan: retired once this one attached
+    dst: tuple[Any, ...] | None = None  # the address its socket sends to, once resolved
+
+
+def _moved(core: ClientCore, link: _Running) -> bool:
+    """The path's host name now resolves elsewhere (the resolver told the core)."""
+    if link.dst is None:
+        return False
+    now_at = core.destination(link.plan)
+    return now_at is not None and now_at != link.dst
 
 
 @dataclass
@@ -155,7 +165,7 @@ async def run_link_supervisor(
                     if last is not None and now - link.started_at < RETRY_MAX_S:
                         backoff = min(RETRY_MAX_S, last.backoff_s * 2)
                     retries[key] = _Retry(link.plan, now + backoff, backoff)
-                elif wanted.get(key) != link.plan:
+                elif wanted.get(key) != link.plan or _moved(core, link):
                     del running[key]
                     plan = wanted.get(key)
                     if plan is None:
@@ -192,14 +202,28 @@ class _Uplink:
 async def _run_uplink_task(
     uplink: _Uplink, plan: UplinkPlan, entry: _Running, poke: Callable[[], None]
 ) -> None:
-    def retire_predecessor() -> None:
-        if entry.replaces is not None:
-            entry.replaces.scope.cancel()
+    def retire_predecessor(linger_s: float = 0.0) -> None:
+        """The old socket of this path is out of the fan-out (this one took its place); it
+        is still read for `linger_s`, so that replies already on their way are not lost."""
+        old = entry.replaces
+        if old is not None:
             entry.replaces = None
+            if linger_s:
+                old.scope.deadline = min(old.scope.deadline, trio.current_time() + linger_s)
+            else:
+                old.scope.cancel()
+
+    def resolved(dst: tuple[Any, ...]) -> None:
+        entry.dst = dst
 
     try:
         with entry.scope:
-            await run_uplink(uplink, plan, on_attached=retire_predecessor)
+            await run_uplink(
+                uplink,
+                plan,
+                on_attached=lambda: retire_predecessor(RETIRE_LINGER_S),
+                on_resolved=resolved,
+            )
     finally:
         retire_predecessor()  # failed before attaching: the old plan's socket goes anyway
         if not entry.scope.cancel_called:
@@ -208,17 +232,26 @@ async def _run_uplink_task(
 
 
 async def run_uplink(
-    uplink: _Uplink, plan: UplinkPlan, on_attached: Callable[[], None] = lambda: None
+    uplink: _Uplink,
+    plan: UplinkPlan,
+    on_attached: Callable[[], None] = lambda: None,
+    on_resolved: Callable[[tuple[Any, ...]], None] = lambda dst: None,
 ) -> None:
     """One path: make its socket, carry copies until cancelled or the socket fails.
-    `on_attached` runs once the socket carries copies (the pump took it).
+    `on_attached` runs once the socket carries copies (the pump took it); `on_resolved` gets
+    the address it sends to. A host name the core knows an address for (the resolver task, or
+    another path) is not resolved again here: every path of a name sends to one address.
 
     Returns (after logging a WARNING and telling the core) when the socket cannot be made or
     fails; the supervisor retries later. Cancellation is the normal way out.
     """
     core, pump, fanout = uplink.core, uplink.pump, uplink.fanout
     try:
-        dst = await resolve_udp(plan.dst, what=f"dstAddr for {plan.name}", family=plan.family)
+        dst = core.destination(plan)
+        if dst is None:
+            found = await resolve_udp(plan.dst, what=f"dstAddr for {plan.name}", family=plan.family)
+            dst = core.adopt_destination(plan, found)
+        on_resolved(dst)
         sock = open_uplink_socket(plan.name, plan.source_ip, core.port_hint(plan))
     except SocketSetupError as exc:
         news = core.link_failed(plan, exc.errno_name or str(exc), time.monotonic())
