@@ -308,3 +308,21 @@ def open_page(cdp: CDP, url: str) -> None:
             {"width": 1660, "height": 900, "deviceScaleFactor": 1, "mobile": False},
         )
     cdp.call("Page.navigate", {"url": url})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pace", "100"], "--pace must be within 0.5..20, got 100"),
+        (["--pace", "0"], "--pace must be within 0.5..20, got 0"),
+        (["--hold", "--pace", "20", "--interval-ms", "5"], "is too slow"),
+        (["--interval-ms", "0"], "--interval-ms must be within 1..1000"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_is_made(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(DEMO), *args], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2, done
+    assert message in done.stderr, done.stderr
+    assert done.stdout == "", done.stdout  # no lab, no host link: argparse refused first
