@@ -44,7 +44,8 @@ per client (label ``client``): ``engarde_server_client_addresses_alive``,
     engarde_server_clients_{created,expired,evicted,merged}_total
     engarde_server_probes_{opened,refused}_total
     engarde_server_{wrong_session_datagrams,initiation_mismatches,cookies_to_unproven,
-                    unroutable_from_wireguard,upstream_errors}_total
+                    unroutable_from_wireguard,upstream_errors,local_moves,
+                    local_moves_refused}_total
 
 What each link's copies are worth, on the receiving side (client: per uplink, labels
 ``interface``, ``label``; server: per proven client address, labels ``client``, ``address``;
@@ -154,6 +155,16 @@ def _relay(c: dict[str, Any], role: str) -> Iterator[Metric]:
             "Datagrams from WireGuard dropped because no uplink was usable",
             c["no_uplink_drops"],
         )
+        yield _counter(
+            "engarde_wireguard_peer_changes",
+            "Times WireGuard's source address (where replies go) changed",
+            c["wg_peer_changes"],
+        )
+        yield _counter(
+            "engarde_destination_moves",
+            "Times a host-name dstAddr resolved to a new address and the paths followed",
+            c["destination_moves"],
+        )
     else:
         yield _counter(
             "engarde_server_clients_rx_datagrams",
@@ -228,6 +239,14 @@ _SERVER_COUNTERS = {  # metric name (engarde_server_..._total): (ServerStats fie
     "upstream_errors": (
         "upstream_errors",
         "Upstream sockets towards WireGuard that could not be opened",
+    ),
+    "local_moves": (
+        "local_moves",
+        "Proven addresses now sending to another server address (proven by an exact copy)",
+    ),
+    "local_moves_refused": (
+        "local_moves_refused",
+        "Datagrams claiming a proven address moved to another server address, unproven",
     ),
 }
 
