@@ -44,22 +44,25 @@ from tests.net.helpers import (
 WG_PORT = 59301
 PINGS = 1000
 INTERVAL_S = 0.01
-RESTART_PINGS = 600  # 6 s: the restart comes after ~1 s, the rest shows the tunnel is back
+RESTART_PINGS_MAX = 6000  # a ceiling: ping is stopped once the tunnel is shown to be back
+RECOVERY_S = 2.0
+"""After a restart, the first ping answered after the gap comes at most this long after the new
+process is ready (seen: within 0.1 s; the rest is margin for a busy machine)."""
 ALL = (0, 1, 2)
 CUTS = ((0, "blackhole"), (1, "down"), (2, "carrier"))
 
-OUR_RESTART_MAX_LOST = 400
-"""Pings (10 ms apart) our server may lose when it is stopped (SIGTERM) and started again: the
+OUR_RESTART_MAX_LOST = 800
+"""Pings (10 ms apart) our server may lose when it is stopped (SIGTERM) and started again (a
+hang-catching bound: the gap must end within RECOVERY_S of the new process being ready). The
 new process must start (Python imports) and prove the client's addresses again (the Go client's
-exact copies, or the next WireGuard handshake). Measured 49-145 on a busy 2-CPU box (most of it
-the new process starting); the bound is 4 s so that a slow start does not fail the test, while
-a tunnel that does not come back (every later ping lost) still does."""
+exact copies, or the next WireGuard handshake). Measured 45-240 lost (restart 0.5-4 s) on a
+2-CPU box shared with other test runs; issue 12 measured ~43 on a quiet one."""
 
-GO_RESTART_MAX_LOST = 50
+GO_RESTART_MAX_LOST = 100
 """The same for the original's server, a fact about it measured here: a static Go binary
 starts in milliseconds and learns each client address from its first datagram (it proves
-nothing), so what is lost is the stop-to-start gap. Measured 0 pings; the bound (0.5 s) leaves
-room for a slow start of the process on a busy box."""
+nothing), so what is lost is the stop-to-start gap. Measured 0-4 pings (restart 0.04-0.05 s,
+busy box); the bound (1 s) only catches a tunnel that does not come back."""
 
 
 def tunnel_up(lab: Lab, wg: WireGuardPair, details: Callable[[], str], what: str) -> None:
@@ -124,22 +127,47 @@ def restart_while_pinging(
     max_lost: int,
     details: Callable[[], str],
 ) -> PingResult:
-    """Pings at 10 ms while `restart()` runs about a second in: the loss is bounded, and the
-    tunnel is back (the last second of pings all answered)."""
-    pinger = lab.start_ping(wg.server_ip, RESTART_PINGS, INTERVAL_S, timeout_s=2.0)
+    """Pings at 10 ms; `restart()` (which returns once the new process is ready) runs after 100
+    of them; ping stops once 100 more were answered after the restart.
+
+    The loss must be one gap, at most `max_lost` pings, that ends within RECOVERY_S of the new
+    process being ready: the tunnel comes back by itself, as soon as the process is there. How
+    long the process takes to stop and start depends on the machine's load, not on engarde's
+    logic, so only the hang-catching `max_lost` bounds it.
+    """
+    pinger = lab.start_ping(wg.server_ip, RESTART_PINGS_MAX, INTERVAL_S, timeout_s=2.0)
     wait_until(lambda: pinger.result().received >= 100, "100 pings before the restart")
     began = time.time()
     restart()
-    took = time.time() - began
-    assert pinger.proc.poll() is None, f"ping ended before the restart was done ({took:.1f} s)"
-    result = pinger.wait(timeout_s=RESTART_PINGS * INTERVAL_S + 60)
+    ready_at = time.time()
+    took = ready_at - began
+
+    def answered_after_restart() -> int:
+        return sum(1 for t in pinger.result().replied_at.values() if t > ready_at)
+
+    wait_until(
+        lambda: answered_after_restart() >= 100 or pinger.proc.poll() is not None,
+        "100 pings answered after the restart",
+        timeout_s=max_lost * INTERVAL_S + 15,
+        details=lambda: f"{pinger.result()}\n{details()}",
+    )
+    result = pinger.stop()
+    lost = result.lost
     where = f"{result} (restart took {took:.2f} s)\n{details()}"
-    assert result.sent == RESTART_PINGS, where
-    assert len(result.lost) <= max_lost, where
-    late = [seq for seq in result.lost if seq > RESTART_PINGS - 100]
-    assert late == [], f"the tunnel did not come back: lost {seq_ranges(late)}; {where}"
-    lost = seq_ranges(result.lost)
-    print(f"restart took {took:.2f} s, lost {len(result.lost)} pings: {lost}", file=sys.stderr)
+    assert answered_after_restart() >= 100, f"ping ended early: raise RESTART_PINGS_MAX; {where}"
+    assert len(lost) <= max_lost, where
+    back_after = 0.0
+    if lost:
+        assert lost == list(range(lost[0], lost[-1] + 1)), f"more than one gap: {where}"
+        back_after = result.replied_at[lost[-1] + 1] - ready_at
+        assert back_after < RECOVERY_S, (
+            f"the tunnel came back {back_after:.2f} s after the new process was ready; {where}"
+        )
+    print(
+        f"restart took {took:.2f} s, lost {len(lost)} pings ({seq_ranges(lost)}), "
+        f"back {back_after:+.2f} s after ready",
+        file=sys.stderr,
+    )
     return result
 
 
