@@ -126,6 +126,7 @@ def _error() -> OSError:
 
 _SIN = struct.Struct("=H2s4s")  # family, port (network order), address
 _SIN6 = struct.Struct("=H2s4s16sI")  # family, port, flowinfo (network order), address, scope
+_AF_INET = struct.pack("=H", socket.AF_INET)
 _addresses: dict[bytes, tuple[Any, ...]] = {}
 _sockaddrs: dict[tuple[Any, ...], bytes] = {}
 _CACHE_MAX = 4096  # addresses remembered both ways; past that the caches start over
@@ -136,9 +137,11 @@ def address_of(raw: bytes) -> tuple[Any, ...]:
     found = _addresses.get(raw)
     if found is not None:
         return found
-    if len(raw) >= 16 and raw[0:2] == _SIN.pack(socket.AF_INET, b"", b"")[0:2]:
-        _, port, ip = _SIN.unpack_from(raw)
-        address: tuple[Any, ...] = (socket.inet_ntop(socket.AF_INET, ip), int.from_bytes(port))
+    if len(raw) >= 16 and raw[0:2] == _AF_INET:
+        address: tuple[Any, ...] = (
+            socket.inet_ntop(socket.AF_INET, raw[4:8]),
+            raw[2] << 8 | raw[3],
+        )
     elif len(raw) >= NAME_BYTES:
         _, port, flow, ip, scope = _SIN6.unpack_from(raw)
         text = socket.inet_ntop(socket.AF_INET6, ip)

@@ -403,9 +403,16 @@ class ServerRelay:
             size, data_of, source, local_of = slots.size, slots.data, slots.source, slots.local
             for i in range(k):
                 n = size(i)
-                route = route_of(
-                    source(i), local_of(i) if pktinfo else None, data_of(i, n), n, now, dedup
-                )
+                data = data_of(i, n)
+                if strict and message_type(data, n) == JUNK:
+                    # Dropped by route_of too, whoever sent it; here before its source is even
+                    # looked at, so a flood of junk from many sources costs little.
+                    if n == 0:
+                        stats.empty_datagrams += 1
+                    else:
+                        stats.junk_datagrams += 1
+                    continue
+                route = route_of(source(i), local_of(i) if pktinfo else None, data, n, now, dedup)
                 if route is None:
                     continue
                 sock = route.upstream
