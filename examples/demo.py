@@ -183,8 +183,12 @@ server:
 
 
 def web_manager(host_link: HostLink, port: int) -> str:
-    """The dashboard on the namespace's end of its host link, where the host reaches it."""
-    return f'  webManager: {{listenAddr: "{host_link.ns_ip}:{port}"}}\n'
+    """The dashboard on the namespace's end of its host link, where the host reaches it.
+
+    The URL's host is the listen address, which the dashboard's Host allow-list accepts by
+    default; allowedHosts names it anyway, so the config says which name the printed URL uses."""
+    web = {"listenAddr": f"{host_link.ns_ip}:{port}", "allowedHosts": [host_link.ns_ip]}
+    return f"  webManager: {json.dumps(web)}\n"
 
 
 class Demo:
