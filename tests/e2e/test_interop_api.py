@@ -247,6 +247,9 @@ def test_our_api_v1_answers_like_the_original(lab: Lab) -> None:
         assert a.status == b.status == 200, report(call)
         assert a.headers.get("content-type", "").startswith("application/json"), report(call)
         assert b.headers.get("content-type", "").startswith("application/json"), report(call)
+        for answer in (a, b):  # LuCI polls get-list: no cache between it and engarde
+            assert "no-cache" in answer.headers.get("cache-control", ""), answer.headers
+            assert answer.headers.get("pragma") == "no-cache", answer.headers
         doc_a, doc_b = theirs.json(call), mine.json(call)
         # DIFFERENCES["loopback"]: the original lists lo; ours does not.
         lo = [i for i in doc_a["interfaces"] if i["name"] == "lo"]
