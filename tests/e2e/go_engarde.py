@@ -154,18 +154,22 @@ def wget(
     *,
     post_data: str | None = None,
     auth: tuple[str, str] | None = None,
+    host: str | None = None,
 ) -> Answer:
     """What the LuCI app's rpcd script runs: ``wget -q -O - -T 3
     [--header=Authorization: Basic ...] [--post-data=BODY] URL``, inside ``ns``.
 
     ``-S --content-on-error`` are added only to observe the answer (status, headers, the body
-    of an error); they change nothing in the request.
+    of an error); they change nothing in the request. ``host`` replaces the Host header (LuCI
+    never does: a test of what a browser led astray by DNS rebinding would send).
     """
     require_tool("wget")
     argv = ["wget", "-q", "-O", "-", "-T", "3"]
     if auth is not None:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         argv.append(f"--header=Authorization: Basic {token}")
+    if host is not None:
+        argv.append(f"--header=Host: {host}")
     if post_data is not None:
         argv.append(f"--post-data={post_data}")
     argv += ["-S", "--content-on-error", url]

@@ -47,6 +47,7 @@ DIFFERENCES = {
     "method": "GET on a POST-only command: the original 500 (no body), ours 405 with a JSON error",
     "content-type": "reset-exclusions: the original's JSON comes as text/plain, ours as "
     "application/json",
+    "host": "a Host that names something else (DNS rebinding): the original answers, ours 421",
     "not-found": "an unknown path or a client command on the server: 404 in both, text/plain "
     "from the original, a JSON error from ours",
 }
@@ -158,6 +159,7 @@ def exercise(
     command("unknown interface", "exclude", "zz9")
     call("GET exclude", client_url("/api/v1/exclude"), auth=AUTH)
     call("unknown path", client_url("/api/v1/nothing"), auth=AUTH)
+    call("foreign host", client_url("/api/v1/get-list"), auth=AUTH, host="rebound.example")
     call(
         "server exclude",
         server_url("/api/v1/exclude"),
@@ -316,6 +318,8 @@ def test_our_api_v1_answers_like_the_original(lab: Lab) -> None:
     a, b = both("reset (GET, as LuCI)")  # DIFFERENCES["content-type"]
     assert a.headers.get("content-type", "").startswith("text/plain"), a
     assert b.headers.get("content-type", "").startswith("application/json"), b
+    a, b = both("foreign host")  # DIFFERENCES["host"]
+    assert a.status == 200 and b.status == 421 and "error" in json.loads(b.body), (a, b)
     for call in ("unknown path", "server exclude", "server reset"):  # DIFFERENCES["not-found"]
         a, b = both(call)
         assert a.status == b.status == 404, report(call)
