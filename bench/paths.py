@@ -50,6 +50,7 @@ from bench.procs import (
 )
 from bench.topology import (
     CLIENT_LISTEN,
+    DASHBOARD,
     SERVER_LISTEN,
     SERVER_PORT,
     TUNNEL_PORT,
@@ -392,6 +393,22 @@ class EngardePath(RelayPath):
         return " | ".join(f"{role} log: {self.log_tail(role, 1500)!r}" for role in self._logs)
 
 
+class EngardeWebPath(EngardePath):
+    """engarde with the dashboard on in both roles (webManager at DASHBOARD in each namespace)."""
+
+    kind = "engarde-web"
+
+    @property
+    def label(self) -> str:
+        return f"engarde x{self.n_uplinks} with dashboards"
+
+    def write_configs(self) -> dict[str, Path]:
+        configs = super().write_configs()
+        for path in configs.values():
+            path.write_text(path.read_text() + f'  webManager:\n    listenAddr: "{DASHBOARD}"\n')
+        return configs
+
+
 class EngardeServerPath(EngardePath):
     """engarde's server alone; simulated engarde clients (udpgen clients) send to it."""
 
@@ -478,6 +495,7 @@ PATHS: dict[str, type[RelayPath]] = {
     "direct": DirectPath,
     "crelay": CRelayPath,
     "engarde": EngardePath,
+    "engarde-web": EngardeWebPath,
     "crelay-server": CRelayServerPath,
     "engarde-server": EngardeServerPath,
     "engarde-wg": WireGuardEngardePath,

@@ -36,6 +36,12 @@ hotplug          engarde only, 2k/s flowing: 20 trials each of an address appear
                  interface and of up1 coming back up; delay from just before the kernel change
                  to the kernel receive time of the first copy on the server end (see
                  scenario_hotplug and bench/firstpacket.py).
+relay-delay      engarde only, dashboards on: 2k/s ping-pong (112 B, 3 uplinks) from start-up on;
+                 quiet for a while, then up1 down and up again, a new interface appears (and
+                 goes), then a dashboard page open on both sides (the live event stream) for as
+                 long as the quiet phase. The relay's own added delay, as it measures it
+                 (engarde.net.latency, /api/v2/status `latency`): its maximum since start-up,
+                 and its p99 over the quiet phase and over the dashboard phase.
 failover         2k/s over 3 uplinks, C relay and engarde; after 2 s up1 is deleted,
                  blackholed or stalled (tbf): datagrams lost at the sink, first-copy delay p99
                  before and after the event (udpgen sink --split-ns).
@@ -60,7 +66,7 @@ from bench.build import Tools
 from bench.paths import PATHS, EngardePath, PathFailed, RelayPath, clients_argv
 from bench.procs import BenchError, ForeignCpu, Tool, busy_cores, run_tool
 from bench.report import Figure, Row, Target
-from bench.topology import SERVER_PORT, WG_PORT, UplinkCounters
+from bench.topology import DASHBOARD, SERVER_PORT, WG_PORT, UplinkCounters
 from lab import Lab, LabError, lab_available
 
 DRAIN_S = 0.2  # after the sender stops: in-flight datagrams reach the sink
@@ -1023,6 +1029,132 @@ def scenario_hotplug(ctx: Context) -> ScenarioResult:
 
 
 # ---------------------------------------------------------------------------------------------
+# relay-delay
+
+DELAY_RATE = 2000
+DELAY_PHASE_S = 11.0  # > the recorder's recent window (2048 samples) on both roles at 2k/s
+DELAY_EVENT_S = 1.0  # between the events
+STATUS_CODE = """
+import json, sys, urllib.request
+doc = json.load(urllib.request.urlopen("http://DASHBOARD/api/v2/status", timeout=10))
+print(json.dumps(doc["latency"]))
+""".replace("DASHBOARD", DASHBOARD)
+PAGE_CODE = """
+import urllib.request
+for path in ("/", "/static/app.js", "/api/v2/history"):
+    urllib.request.urlopen("http://DASHBOARD" + path, timeout=10).read()
+with urllib.request.urlopen("http://DASHBOARD/api/v2/events", timeout=60) as events:
+    while events.readline():
+        pass
+""".replace("DASHBOARD", DASHBOARD)
+
+
+def relay_latency(lab: Lab, ns: str) -> dict[str, Any]:
+    """engarde's /api/v2/status `latency` in ``ns`` (its dashboard)."""
+    doc: dict[str, Any] = json.loads(lab.run(ns, sys.executable, "-c", STATUS_CODE).stdout)
+    return doc
+
+
+def scenario_relay_delay(ctx: Context) -> ScenarioResult:
+    s = ctx.settings
+    name = "relay-delay"
+    size = wg_size(s.latency_size)
+    roles = {"client": "client_ns", "server": "server_ns"}
+
+    def new_interface(lab: Lab) -> None:
+        i = len(lab.uplinks) + 5  # an index the lab never defines: 10.B.i.0/24 is free
+        net, up, sv = f"10.{lab.octet}.{i}", f"up{i}", f"sv{i}"
+        c, srv = lab.client_ns, lab.server_ns
+        lab.run(c, "ip", "link", "add", up, "type", "veth", "peer", "name", sv, "netns", srv)
+        try:
+            lab.run(srv, "ip", "addr", "add", f"{net}.1/24", "dev", sv)
+            lab.run(srv, "ip", "link", "set", sv, "up")
+            lab.run(c, "ip", "addr", "add", f"{net}.2/24", "dev", up)
+            lab.run(c, "ip", "link", "set", up, "up")
+            lab.run(c, "ip", "route", "replace", f"{lab.service_addr}/32", "via", f"{net}.1",
+                    "dev", up, "metric", str(10 + i))
+            time.sleep(DELAY_EVENT_S)
+        finally:
+            lab.run(c, "ip", "link", "del", up, check=False)
+        time.sleep(DELAY_EVENT_S)
+
+    def measure(lab: Lab, path: RelayPath, variant: Variant, rep: int) -> dict[str, Any]:
+        udpgen = ctx.tools.udpgen
+        total_s = 2 * DELAY_PHASE_S + 6 * DELAY_EVENT_S + 5
+        echo = Tool(lab, lab.server_ns, [udpgen, "echo", "--bind", path.sink_bind, "--dedup",
+                                         *path.sink_flags()], "echo")
+        pp: Tool | None = None
+        pages: list[Any] = []
+        try:
+            echo.wait_ready("udpgen: ready")
+            pp = Tool(lab, lab.client_ns, [
+                udpgen, "pingpong", "--to", path.send_to, "--rate", str(DELAY_RATE), "--size",
+                str(size), "--duration", str(total_s), "--timeout-ms", str(PINGPONG_TIMEOUT_MS),
+                *path.sender_flags(HANDSHAKE_TIMEOUT_S)], "pingpong")
+            time.sleep(DELAY_PHASE_S)
+            quiet = {role: relay_latency(lab, getattr(lab, ns)) for role, ns in roles.items()}
+            lab.link_down(1)
+            time.sleep(DELAY_EVENT_S)
+            lab.link_up(1)
+            time.sleep(DELAY_EVENT_S)
+            new_interface(lab)
+            events = {role: relay_latency(lab, getattr(lab, ns)) for role, ns in roles.items()}
+            pages = [lab.popen(getattr(lab, ns), sys.executable, "-c", PAGE_CODE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for ns in roles.values()]
+            time.sleep(DELAY_PHASE_S)
+            dash = {role: relay_latency(lab, getattr(lab, ns)) for role, ns in roles.items()}
+            for page in pages:
+                lab.stop(page)
+            pages = []
+            pp.proc.wait(timeout=total_s + HANDSHAKE_TIMEOUT_S + 30)
+            ping = pp.finish()
+            pp = None
+            echo_info = echo.finish()
+        except BaseException:
+            for page in pages:
+                lab.stop(page)
+            if pp is not None:
+                pp.kill()
+            echo.kill()
+            raise
+        path.check_alive()
+        result: dict[str, Any] = {"quiet": quiet, "events": events, "dashboard": dash,
+                                  "rtt_us": ping["rtt_us"], "sent": ping["sent"],
+                                  "lost": ping["lost"], "echo": echo_info}
+        for role in roles:
+            result[f"{role}_max_ms"] = dash[role]["maxMs"]
+            result[f"{role}_p99_quiet_ms"] = quiet[role]["p99Ms"]
+            result[f"{role}_p99_dash_ms"] = dash[role]["p99Ms"]
+        ctx.log(f"{name} repetition {rep + 1}/{s.reps}: max client {result['client_max_ms']} "
+                f"server {result['server_max_ms']} ms (so far after start-up+quiet / events: "
+                f"client {quiet['client']['maxMs']}/{events['client']['maxMs']}, server "
+                f"{quiet['server']['maxMs']}/{events['server']['maxMs']}); p99 quiet/dashboard "
+                f"client "
+                f"{result['client_p99_quiet_ms']}/{result['client_p99_dash_ms']} server "
+                f"{result['server_p99_quiet_ms']}/{result['server_p99_dash_ms']} ms; worst "
+                f"stalls: client {dash['client']['worstRecentStall']}, server "
+                f"{dash['server']['worstRecentStall']}")
+        return result
+
+    raw = run_variants(ctx, name, [Variant("engarde-web", 3)], measure)
+    runs = raw["engarde-web-x3"]
+    rows: list[Row] = []
+    for role in roles:
+        rows.append(Row(name, f"{role}: relay's added delay, max from start-up through a link "
+                        "flap, a new interface and a dashboard page (2k/s)", "ms",
+                        engarde_figure(ctx, runs, lambda r, k=role: r[f"{k}_max_ms"]), {},
+                        target=Target("max", 3.0, "<= 3 ms")))
+        ratio = engarde_figure(ctx, runs, lambda r, k=role: (
+            r[f"{k}_p99_dash_ms"] / r[f"{k}_p99_quiet_ms"] if r[f"{k}_p99_quiet_ms"] else None))
+        rows.append(Row(name, f"{role}: added delay p99 with a dashboard page open / without",
+                        "x", ratio, {}, target=Target("max", 1.2, "<= 1.2 x")))
+        rows.append(Row(name, f"{role}: added delay p99 without a dashboard page", "ms",
+                        engarde_figure(ctx, runs, lambda r, k=role: r[f"{k}_p99_quiet_ms"]), {}))
+    return rows, {"rate": DELAY_RATE, "size": size, "phase_s": DELAY_PHASE_S, "runs": raw}
+
+
+# ---------------------------------------------------------------------------------------------
 # failover
 
 FAILOVER_RATE = 2000
@@ -1192,6 +1324,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("memory", scenario_memory, "RSS after start and after a period at 10k/s"),
     Scenario("hotplug", scenario_hotplug,
              "address appears / link returns -> first copy through it (engarde only)"),
+    Scenario("relay-delay", scenario_relay_delay,
+             "the relay's own added delay through start-up, link flap, new interface, dashboard"),
     Scenario("failover", scenario_failover,
              "cut, blackhole, stall one of 3 uplinks at 2k/s: loss, p99 before/after"),
 ]

@@ -26,6 +26,7 @@ SERVER_PORT = 59402
 SERVER_LISTEN = f"0.0.0.0:{SERVER_PORT}"
 WG_PORT = 59301
 WG_ADDR = f"127.0.0.1:{WG_PORT}"
+DASHBOARD = "127.0.0.1:9001"  # engarde's webManager in each namespace (engarde-web paths)
 TUNNEL_PORT = 59310  # the sink on the server's WireGuard tunnel address (engarde-wg paths)
 
 

@@ -9,12 +9,16 @@ Start-up failures are one line on stderr, never a traceback. Only this module co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
+import importlib
 import logging
+import logging.handlers
+import queue
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import trio
@@ -79,11 +83,9 @@ async def _serve(role: str, path: str, config: Config) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(functools.partial(runner, section, reloader=reloader))
             notify("READY=1")  # after the "listening" line: systemd's Type=notify readiness
-            # Everything loaded so far (quart, pydantic, hypercorn: ~70k objects) lives as long
-            # as the process. Freezing it keeps the cyclic GC from rescanning it: a full
-            # collection over it holds the GIL for ~50 ms on this kind of machine, and the pump
-            # thread (the relay) waits for the GIL meanwhile.
-            gc.collect()
+            # What start-up built (the dashboard's app, sockets, tasks) lives as long as the
+            # process too: out of the GC's sight with it. freeze() alone is a list splice, no
+            # collection pass: datagrams already flow (the collection ran before trio did).
             gc.freeze()
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -105,18 +107,70 @@ def run_role(role: str, path: str) -> int:
     for line in config.warnings:
         logger.warning("%s", line)
     types = _startup_error_types()
-    try:
-        trio.run(_serve, role, path, config)
-    except KeyboardInterrupt:
-        return 0
-    except BaseException as exc:
-        found = _find(exc, types)
-        if found is None:
-            raise
-        print(f"engarde {role}: {found}", file=sys.stderr)
-        return 1
-    logger.info("engarde %s stopped", role)
+    _prepare_interpreter(role, config)
+    with _logging_off_the_data_path():
+        try:
+            trio.run(_serve, role, path, config)
+        except KeyboardInterrupt:
+            return 0
+        except BaseException as exc:
+            found = _find(exc, types)
+            if found is None:
+                raise
+            print(f"engarde {role}: {found}", file=sys.stderr)
+            return 1
+        logger.info("engarde %s stopped", role)
     return 0
+
+
+SWITCH_INTERVAL_S = 0.0001  # how long the pump waits at most for the GIL held by Python code
+
+
+def _prepare_interpreter(role: str, config: Config) -> None:
+    """Before the data path starts, do what would otherwise stall it (the pump thread waits for
+    the GIL while the control plane holds it, docs/performance.md "relay delay"):
+
+    - import what this role will need (the dashboard's stack only with a webManager): an import
+      holds the GIL in long steps (unmarshal, class creation);
+    - one full GC pass, then freeze what survived: ~70k long-lived objects (pydantic, trio,
+      quart...) the cyclic GC would otherwise rescan in every full pass (~50 ms here);
+    - a shorter GIL switch interval: Python code in the trio thread gives the GIL to a waiting
+      pump after 0.1 ms instead of 5 ms. The pump releases the GIL for every system call and
+      must win it back each time, so while the control plane computes, each of its calls can
+      cost a whole interval (`python -m bench.gil_stall`).
+    """
+    needed = ["engarde.net.client" if role == "client" else "engarde.net.server"]
+    section = config.client if role == "client" else config.server
+    if section is not None and section.webManager is not None:
+        needed.append("engarde.web.serve")  # quart, hypercorn, prometheus_client
+    for name in needed:
+        importlib.import_module(name)
+    gc.collect()
+    gc.freeze()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+@contextlib.contextmanager
+def _logging_off_the_data_path() -> Iterator[None]:
+    """The root logger's handlers run in a thread of their own: a log line from the pump (a
+    client address seen, a socket that failed) is a queue put, and a slow stderr (a full pipe,
+    a busy journal) never holds the relay."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+    for handler in handlers:
+        root.removeHandler(handler)
+    root.addHandler(logging.handlers.QueueHandler(records))
+    listener.start()
+    try:
+        yield
+    finally:
+        listener.stop()  # writes out what is queued
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
 
 
 def list_interfaces(path: str | None) -> int:

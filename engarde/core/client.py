@@ -40,6 +40,7 @@ from typing import Any
 from engarde.config import ClientConfig
 from engarde.core.addr import format_address
 from engarde.core.copies import CLIENT_BUDGET, CopyTracker, LinkQuality, SlotBudget, merge_quality
+from engarde.core.latency import DelayRecorder
 from engarde.core.links import (
     IPV4,
     IPV6,
@@ -124,6 +125,7 @@ class ClientCore:
         self.uplinks: dict[int, Uplink] = {}
         self.overrides: dict[str, bool] = {}  # runtime exclusions: name -> excluded?
         self.stats = ClientStats()
+        self.delay = DelayRecorder()  # the relay's added delay, fed by the pump
         self.dedup = config.dedup
         self.drop_foreign = config.dropForeignSources
         self.tracker = CopyTracker(budget=SlotBudget(CLIENT_BUDGET))
@@ -374,6 +376,7 @@ class ClientCore:
             "uptime": max(0.0, now - self.started_at),
             "dedup": self.dedup,
             "counters": self.stats.as_dict(),
+            "latency": self.delay.as_json(now),
             "tracker": self.tracker.stats.as_dict(),
             "interfaces": interfaces,
         }

@@ -78,6 +78,7 @@ from engarde.config import ServerConfig
 from engarde.core import wireguard as wg
 from engarde.core.addr import format_address
 from engarde.core.copies import SERVER_BUDGET, CopyTracker, SlotBudget, lag_quantile_s
+from engarde.core.latency import DelayRecorder
 from engarde.core.peers import (
     Address,
     Client,
@@ -151,6 +152,7 @@ class ServerCore:
         self.lobby = Lobby()
         self.budget = SlotBudget(SERVER_BUDGET)
         self.stats = ServerStats()
+        self.delay = DelayRecorder()  # the relay's added delay, fed by the pump
         self.started_at = now
         self.upstream_local: str = ""  # the lobby's (or everyone's) socket address, for display
         self._ids = itertools.count(1)
@@ -518,6 +520,7 @@ class ServerCore:
             "dedup": self.dedup,
             "uptime": max(0.0, now - self.started_at),
             "counters": self.stats.as_dict(),
+            "latency": self.delay.as_json(now),
             "probesOpen": len(self.probes),
             "pendingCount": pending_count,
             "sockets": sockets,

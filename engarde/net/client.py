@@ -15,6 +15,8 @@ run_client
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 
@@ -22,6 +24,7 @@ import trio
 
 from engarde.config import ClientConfig
 from engarde.core.client import ClientCore
+from engarde.net.latency import TICK_S, DelaySampler
 from engarde.net.netlink import run_netlink_watcher
 from engarde.net.pump import Pump, run_pump
 from engarde.net.ready import start_dashboard_and_report
@@ -72,14 +75,24 @@ async def run_client(
     wg_sock = open_listen_socket(config.listenAddr, what="client.listenAddr")
     fanout = Fanout()
     pump = Pump()
-    pump.register(wg_sock, wireguard_handler(wg_sock, core, fanout, pump.receiver()))
+    sampler = DelaySampler(core.delay)
+    sample = sampler.watch(wg_sock, "wireguard")
+    pump.register(
+        wg_sock, wireguard_handler(wg_sock, core, fanout, pump.receiver(), sample=sample)
+    )
     pump.every(SWEEP_PERIOD_S, lambda: core.sweep(time.monotonic()))
+    pump.every(TICK_S, sampler.tick)
 
-    with wg_sock:
+    with wg_sock, contextlib.closing(sampler):
         async with trio.open_nursery() as nursery:
             await nursery.start(run_pump, pump)
             await nursery.start(run_netlink_watcher, core)
-            await nursery.start(run_link_supervisor, core, pump, fanout, wg_sock, wakeups, poke)
+            await nursery.start(
+                functools.partial(
+                    run_link_supervisor, core, pump, fanout, wg_sock, wakeups, poke,
+                    sampler=sampler,
+                )
+            )  # fmt: skip
             nursery.start_soon(run_resolver, core)
             if reloader is not None:
 

@@ -37,6 +37,7 @@ from engarde.core.peers import Client, ClientAddress, Route
 from engarde.core.server import ServerCore
 from engarde.core.wireguard import DATA, JUNK, message_type
 from engarde.net import mmsg
+from engarde.net.latency import NEVER, TICK_S, DelaySampler
 from engarde.net.pump import Batch, Handler, Pump, run_pump
 from engarde.net.ratelimit import LogLimiter
 from engarde.net.ready import start_dashboard_and_report
@@ -88,11 +89,13 @@ async def run_server(
         host, port = first.getsockname()[:2]
         core.upstream_local = f"{host}:{port}"
         pump = Pump()
-        relay = ServerRelay(core, pump, listen, dst, pktinfo)
+        sampler = DelaySampler(core.delay)
+        relay = ServerRelay(core, pump, listen, dst, pktinfo, sampler)
         relay.adopt(core.everyone if core.everyone is not None else core.lobby, first)
-        pump.register(listen, relay.clients_handler())
+        pump.register(listen, relay.clients_handler(sample=sampler.watch(listen, "clients")))
         pump.every(EXPIRY_PERIOD_S, relay.expire)
         pump.every(SWEEP_PERIOD_S, relay.sweep)
+        pump.every(TICK_S, sampler.tick)
         if reloader is not None:
 
             async def apply(section: ServerConfig) -> None:
@@ -120,6 +123,7 @@ async def run_server(
                 )
         finally:
             relay.close_all()
+            sampler.close()
 
 
 Ancillary = list[tuple[int, int, bytes]]
@@ -147,8 +151,10 @@ class ServerRelay:
         listen: socket.socket,
         dst: tuple[Any, ...],
         pktinfo: bool,
+        sampler: DelaySampler | None = None,
     ) -> None:
         self.core = core
+        self.sampler = sampler
         self.pump = pump
         self.listen = listen
         self.dst = dst
@@ -164,7 +170,8 @@ class ServerRelay:
         """`sock` is `route`'s upstream socket from now on: WireGuard's answers on it are read by
         a handler bound to the route."""
         route.upstream = sock
-        self.pump.register(sock, self.wireguard_handler(route, sock))
+        sample = NEVER if self.sampler is None else self.sampler.watch(sock, "wireguard")
+        self.pump.register(sock, self.wireguard_handler(route, sock, sample))
         self._open[id(route)] = route
 
     def open_route(self, route: Route) -> socket.socket | None:
@@ -257,7 +264,7 @@ class ServerRelay:
 
     # ---- client addresses -> WireGuard ----------------------------------------------------------
 
-    def clients_handler(self) -> Handler:
+    def clients_handler(self, sample: Any = NEVER) -> Handler:
         """Client copies -> WireGuard, up to a batch per call.
 
         The hot path, taken inline: a proven address sending transport data of its own client's
@@ -365,6 +372,8 @@ class ServerRelay:
                 except OSError:  # nothing known raises here; count it rather than stop
                     stats.recv_errors += 1
                     continue
+                if now >= sample.due:  # the relay's added delay, sampled (net/latency.py)
+                    sample.mark(now)
                 route = route_of(src, local, view, n, now, dedup)
                 if route is None:
                     continue
@@ -399,6 +408,8 @@ class ServerRelay:
             except OSError:
                 stats.recv_errors += 1
                 return
+            if now >= sample.due:  # the batch's last datagram (net/latency.py)
+                sample.mark(now)
             going: dict[socket.socket, list[int]] = {}
             size, data_of, source, local_of = slots.size, slots.data, slots.source, slots.local
             for i in range(k):
@@ -449,7 +460,9 @@ class ServerRelay:
 
     # ---- WireGuard -> client addresses ----------------------------------------------------------
 
-    def wireguard_handler(self, route: Route, upstream: socket.socket) -> Handler:
+    def wireguard_handler(
+        self, route: Route, upstream: socket.socket, sample: Any = NEVER
+    ) -> Handler:
         """What WireGuard sends on `route`'s socket -> the live addresses of the client it is
         for, up to a batch per call. A send that would block is dropped and counted for that
         address; a send that fails drops the address (it proves itself again with its next
@@ -507,6 +520,8 @@ class ServerRelay:
                 except OSError:  # ECONNREFUSED from an earlier send while WireGuard was down
                     stats.recv_errors += 1
                     continue
+                if now >= sample.due:  # the relay's added delay, sampled (net/latency.py)
+                    sample.mark(now)
                 if n == 0:
                     stats.empty_datagrams += 1
                     continue
@@ -557,6 +572,8 @@ class ServerRelay:
             except OSError:
                 stats.recv_errors += 1
                 return
+            if now >= sample.due:  # the batch's last datagram (net/latency.py)
+                sample.mark(now)
             size, data_of, address = slots.size, slots.data, slots.address
             point, set_name, set_control = iovecs.point, out.set_name, out.set_control
             sockaddr_of = mmsg.sockaddr_of

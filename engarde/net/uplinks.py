@@ -33,6 +33,7 @@ from engarde.core.client import ClientCore, PathKey, UplinkPlan
 from engarde.core.copies import LinkQuality
 from engarde.core.stats import LinkStats
 from engarde.net import mmsg
+from engarde.net.latency import NEVER, DelaySampler
 from engarde.net.pump import Batch, Handler, Pump
 from engarde.net.ratelimit import LogLimiter
 from engarde.net.sockets import (
@@ -142,12 +143,13 @@ async def run_link_supervisor(
     wakeups: trio.MemoryReceiveChannel[None],
     poke: Callable[[], None],
     *,
+    sampler: DelaySampler | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Start, stop and retry path tasks so that they match `core.wanted()`. Runs forever."""
     running: dict[PathKey, _Running] = {}
     retries: dict[PathKey, _Retry] = {}
-    uplink = _Uplink(core, pump, fanout, wg_sock)
+    uplink = _Uplink(core, pump, fanout, wg_sock, sampler)
 
     async with trio.open_nursery() as nursery:
         task_status.started()
@@ -197,6 +199,7 @@ class _Uplink:
     pump: Pump
     fanout: Fanout
     wg_sock: socket.socket
+    sampler: DelaySampler | None = None
 
 
 async def _run_uplink_task(
@@ -276,8 +279,9 @@ async def run_uplink(
         with contextlib.suppress(trio.RunFinishedError):
             token.run_sync_soon(failure.set)
 
+    sample = NEVER if uplink.sampler is None else uplink.sampler.watch(sock, plan.name)
     handler = uplink_handler(
-        sock, dst, stats, quality, core, uplink.wg_sock, on_error, pump.receiver()
+        sock, dst, stats, quality, core, uplink.wg_sock, on_error, pump.receiver(), sample=sample
     )
     out = fanout.batch_out(sock, dst)
 
@@ -325,6 +329,7 @@ def uplink_handler(
     wg_sock: socket.socket,
     on_error: Callable[[OSError], None],
     receiver: mmsg.Receiver | None = None,
+    sample: Any = NEVER,
 ) -> Handler:
     """Server -> WireGuard for one uplink: drains up to a batch per call, in the pump thread.
 
@@ -388,6 +393,8 @@ def uplink_handler(
             except OSError as exc:
                 on_error(exc)
                 break
+            if now >= sample.due:  # the relay's added delay, sampled (net/latency.py)
+                sample.mark(now)
             if check_source and src != server:
                 stats.rx_foreign += 1
                 continue
@@ -419,6 +426,8 @@ def uplink_handler(
         except OSError as exc:
             on_error(exc)
             return
+        if now >= sample.due:  # the batch's last datagram (net/latency.py)
+            sample.mark(now)
         check_source = core.drop_foreign
         dedup = core.dedup
         point, size, data_of, address = iovecs.point, receiver.size, receiver.data, receiver.address
@@ -462,6 +471,7 @@ def wireguard_handler(
     core: ClientCore,
     fanout: Fanout,
     receiver: mmsg.Receiver | None = None,
+    sample: Any = NEVER,
 ) -> Handler:
     """WireGuard -> every uplink, up to a batch per call, in the pump thread. A copy that cannot
     be queued at once is dropped and counted for that link: a stalled link never delays the
@@ -477,6 +487,7 @@ def wireguard_handler(
     relay = core.stats
     peer_log = LogLimiter(logger, per_s=PEER_LOG_PER_S, burst=PEER_LOG_BURST)
     peer_raw: list[Any] = [None, b""]  # WireGuard's address, and as raw sockaddr bytes
+    monotonic = time.monotonic
 
     batch = Batch()
 
@@ -485,8 +496,9 @@ def wireguard_handler(
             peer_log.info(time.monotonic(), core.on_wireguard_source(src))
 
     def drain() -> None:
+        now = monotonic()
         if receiver is not None and fanout.iovecs is not None and batch.limit > 1:
-            drain_batch()
+            drain_batch(now)
             return
         for _ in range(batch.limit):
             try:
@@ -497,6 +509,8 @@ def wireguard_handler(
             except OSError:  # nothing known raises here; count it rather than stop the relay
                 relay.recv_errors += 1
                 continue
+            if now >= sample.due:  # the relay's added delay, sampled (net/latency.py)
+                sample.mark(now)
             note_source(src)
             if n == 0:
                 relay.empty_datagrams += 1
@@ -520,7 +534,7 @@ def wireguard_handler(
                     stats.last_tx_errno = exc.errno
         batch.filled()
 
-    def drain_batch() -> None:
+    def drain_batch(now: float) -> None:
         assert receiver is not None and fanout.iovecs is not None
         limit = batch.limit
         try:
@@ -531,6 +545,8 @@ def wireguard_handler(
         except OSError:
             relay.recv_errors += 1
             return
+        if now >= sample.due:  # the batch's last datagram (net/latency.py)
+            sample.mark(now)
         iovecs = fanout.iovecs
         point, size, address = iovecs.point, receiver.size, receiver.address
         source_raw = receiver.source_raw

@@ -155,6 +155,7 @@ class Dashboard:
             "historyEntries": sum(len(s.deltas) for s in self.history.samples),
             "openStreams": self.open_streams,
         }
+        doc["latency"] = snap["latency"]  # the relay's added delay (engarde.core.latency)
         return doc
 
     # ---- commands (client) -------------------------------------------------------------------

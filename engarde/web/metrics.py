@@ -59,6 +59,12 @@ an unproven address is never measured)::
                                       came (buckets: engarde.core.copies.LAG_BOUNDS_S; _sum is
                                       the exact sum of the lags)
 
+The relay's own added delay (both roles; one datagram per hot socket every 10 ms, kernel
+receive timestamp to handling, engarde.net.latency)::
+
+    engarde_relay_delay_seconds       histogram (buckets: engarde.core.latency.BOUNDS_S)
+    engarde_relay_delay_max_seconds   the largest sample since start
+
 Both roles: ``engarde_info{version,role}``, ``engarde_uptime_seconds``,
 ``engarde_wireguard_{rx,tx}_{datagrams,bytes}_total``,
 ``engarde_wireguard_tx_dropped_total{reason}``, ``engarde_empty_datagrams_total``,
@@ -81,6 +87,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from engarde.core.copies import LAG_BOUNDS_S
+from engarde.core.latency import cumulative
 from engarde.web import views
 from engarde.web.live import Dashboard
 
@@ -116,11 +123,32 @@ class EngardeCollector(Collector):
             "engarde_uptime_seconds", "Seconds since the relay started", value=snap["uptime"]
         )
         yield from _relay(snap["counters"], self.dashboard.role)
+        yield from _delay(snap["latency"])
         if self.dashboard.role == "client":
             yield from _uplinks(snap)
         else:
             yield from _server_addresses(snap)
             yield from _server_clients(snap)
+
+
+def _delay(latency: dict[str, Any]) -> Iterator[Metric]:
+    """The relay's added delay, sampled by the pump (engarde.net.latency)."""
+    h = latency["histogram"]
+    histogram = HistogramMetricFamily(
+        "engarde_relay_delay_seconds",
+        "Sampled datagrams: from the kernel's receive timestamp to the relay handling them",
+    )
+    buckets = [
+        ("+Inf" if bound == float("inf") else repr(bound), float(n))
+        for bound, n in cumulative(h["boundsS"], h["counts"])
+    ]
+    histogram.add_metric([], buckets, sum_value=h["sumS"])
+    yield histogram
+    yield GaugeMetricFamily(
+        "engarde_relay_delay_max_seconds",
+        "The largest sampled added delay since the relay started",
+        value=(latency["maxMs"] or 0.0) / 1000.0,
+    )
 
 
 def _relay(c: dict[str, Any], role: str) -> Iterator[Metric]:
