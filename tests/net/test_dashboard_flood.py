@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from lab import Lab, ping
+from lab import Lab, LabError, ping
 from tests.net.helpers import (
     CLIENT_LISTEN,
     SERVER_PORT,
@@ -37,7 +37,19 @@ READ_EVERY_S = 10.0
 _RTT = re.compile(r"time=([\d.]+) ms")
 
 
-def _reading(lab: Lab) -> dict[str, Any]:
+def _reading(lab: Lab, errors: list[str]) -> dict[str, Any] | None:
+    """The dashboard's figures; a request that fails (a client process starved on a busy
+    machine) is tried once more, and what went wrong is kept for the failure message."""
+    for _ in range(2):
+        try:
+            return _read(lab)
+        except LabError as exc:
+            errors.append(str(exc)[-400:])
+            time.sleep(1.0)
+    return None
+
+
+def _read(lab: Lab) -> dict[str, Any]:
     status = api(lab, lab.server_ns, "/api/v2/status")
     history = api(lab, lab.server_ns, "/api/v2/history")
     return {
@@ -92,16 +104,19 @@ def test_a_minute_of_spoofed_sources_leaves_the_dashboard_flat(lab: Lab) -> None
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     readings: list[dict[str, Any]] = []
+    errors: list[str] = []
     started = time.monotonic()
     while flood.poll() is None and time.monotonic() - started < FLOOD_S + 60:
         time.sleep(READ_EVERY_S)
-        readings.append(_reading(lab))
+        reading = _reading(lab, errors)
+        if reading is not None:
+            readings.append(reading)
     out, err = flood.communicate(timeout=60)
     assert flood.returncode == 0, err
     sent = json.loads(out.strip().splitlines()[-1])
     result = pinger.wait(60)
     flood_max = _max_rtt_ms(pinger.output())
-    final = _reading(lab)
+    final = _reading(lab, errors) or _read(lab)
     diagnostics = (
         f"flood {sent}; readings every {READ_EVERY_S} s: "
         + "; ".join(
@@ -111,6 +126,7 @@ def test_a_minute_of_spoofed_sources_leaves_the_dashboard_flat(lab: Lab) -> None
             for r in [*readings, final]
         )
         + f"; ping max RTT {quiet_max} ms quiet, {flood_max} ms flooded; {result}"
+        + (f"; dashboard requests that failed: {errors}" if errors else "")
     )
 
     print(diagnostics)  # the figures, with -s (docs/web.md quotes a run)
@@ -118,6 +134,7 @@ def test_a_minute_of_spoofed_sources_leaves_the_dashboard_flat(lab: Lab) -> None
     assert final["seen"] >= RATE * FLOOD_S * 0.9, diagnostics  # the server did see them all
     assert final["unproven_rx"] >= RATE * FLOOD_S * 0.9, diagnostics
     assert len(readings) >= 4, diagnostics
+    assert len(errors) <= 2, diagnostics
     first, last = readings[0], readings[-1]
     # The history: only the two proven uplinks have series (at most 2 a sample, 300 samples).
     assert max(r["history_entries"] for r in readings) <= 2 * 300, diagnostics
