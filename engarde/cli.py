@@ -25,6 +25,7 @@ import trio
 
 from engarde import __version__
 from engarde.config import Config, ConfigError, describe, diff, load_config
+from engarde.errors import StartupError
 
 logger = logging.getLogger("engarde")
 
@@ -32,31 +33,13 @@ DEFAULT_CONFIG = "engarde.yml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-class StartupError(Exception):
-    """Anything that stops the daemon from starting, already phrased for the user."""
-
-
-def _startup_error_types() -> tuple[type[BaseException], ...]:
-    from engarde.net.netlink import NetlinkError
-    from engarde.net.sockets import SocketSetupError
-
-    types: list[type[BaseException]] = [SocketSetupError, NetlinkError, StartupError]
-    try:
-        from engarde.web.serve import DashboardError
-    except ImportError:  # the dashboard is optional at import time
-        pass
-    else:
-        types.append(DashboardError)
-    return tuple(types)
-
-
-def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+def _find(exc: BaseException) -> StartupError | None:
     """The first start-up error inside (possibly nested) exception groups."""
-    if isinstance(exc, types):
+    if isinstance(exc, StartupError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _find(inner, types)
+            found = _find(inner)
             if found is not None:
                 return found
     return None
@@ -71,31 +54,55 @@ def setup_logging(level: str) -> None:
 
 
 async def _serve(role: str, path: str, config: Config) -> None:
-    from engarde.net.client import run_client
+    # Only the role's modules: a server never imports pyroute2 (the client's netlink).
+    from engarde.net.handover import Handover
     from engarde.net.reload import Reloader
     from engarde.net.sd_notify import notify
-    from engarde.net.server import run_server
+
+    runner: Any
+    if role == "client":
+        from engarde.net.client import run_client as runner
+    else:
+        from engarde.net.server import run_server as runner
 
     reloader = Reloader(path, "client" if role == "client" else "server", config)
+    handover = Handover(role)
     section = config.client if role == "client" else config.server
-    runner: Any = run_client if role == "client" else run_server
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2)
+    with trio.open_signal_receiver(*wanted) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(runner, section, reloader=reloader))
-            notify("READY=1")  # after the "listening" line: systemd's Type=notify readiness
-            # What start-up built (the dashboard's app, sockets, tasks) lives as long as the
-            # process too: out of the GC's sight with it. freeze() alone is a list splice, no
-            # collection pass: datagrams already flow (the collection ran before trio did).
+            await nursery.start(
+                functools.partial(runner, section, reloader=reloader, handover=handover)
+            )
+            # READY=1 went out with the "listening" line (engarde.net.ready). What start-up
+            # built (sockets, tasks) lives as long as the process too: out of the GC's sight
+            # with it. freeze() alone is a list splice, no collection pass: datagrams already
+            # flow (the collection ran before trio did).
             gc.freeze()
+            nursery.start_soon(_exit_after_handover, handover, nursery.cancel_scope)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     logger.info("SIGHUP received: reloading %s", path)
                     nursery.start_soon(functools.partial(reloader.reload, why="SIGHUP"))
                     continue
+                if signum == signal.SIGUSR2:  # an upgrade: see docs/restart.md
+                    nursery.start_soon(handover.spawn_successor, nursery)
+                    continue
                 logger.info("%s received: shutting down", signal.Signals(signum).name)
-                notify("STOPPING=1")
+                if handover.successor_pid is None:  # else systemd follows the successor
+                    notify("STOPPING=1")
                 nursery.cancel_scope.cancel()
                 break
+
+
+async def _exit_after_handover(handover: Any, scope: trio.CancelScope) -> None:
+    """A successor took over: forward what is left for a grace period, then exit."""
+    from engarde.net.handover import GRACE_S
+
+    await handover.wait_stepping_down()
+    await trio.sleep(GRACE_S)
+    logger.info("handed over to pid %s: exiting", handover.successor_pid)
+    scope.cancel()
 
 
 def run_role(role: str, path: str) -> int:
@@ -106,7 +113,6 @@ def run_role(role: str, path: str) -> int:
         return 2
     for line in config.warnings:
         logger.warning("%s", line)
-    types = _startup_error_types()
     _prepare_interpreter(role, config)
     with _logging_off_the_data_path():
         try:
@@ -114,7 +120,7 @@ def run_role(role: str, path: str) -> int:
         except KeyboardInterrupt:
             return 0
         except BaseException as exc:
-            found = _find(exc, types)
+            found = _find(exc)
             if found is None:
                 raise
             print(f"engarde {role}: {found}", file=sys.stderr)
@@ -130,8 +136,10 @@ def _prepare_interpreter(role: str, config: Config) -> None:
     """Before the data path starts, do what would otherwise stall it (the pump thread waits for
     the GIL while the control plane holds it, docs/performance.md "relay delay"):
 
-    - import what this role will need (the dashboard's stack only with a webManager): an import
-      holds the GIL in long steps (unmarshal, class creation);
+    - import what this role's relay needs: an import holds the GIL in long steps (unmarshal,
+      class creation). Not the dashboard's stack (quart, hypercorn: as long again): a start
+      from nothing reaches "listening" first and imports it then, with the short switch
+      interval below; a successor (docs/restart.md) imports it before it takes over;
     - one full GC pass, then freeze what survived: ~70k long-lived objects (pydantic, trio,
       quart...) the cyclic GC would otherwise rescan in every full pass (~50 ms here);
     - a shorter GIL switch interval: Python code in the trio thread gives the GIL to a waiting
@@ -139,12 +147,7 @@ def _prepare_interpreter(role: str, config: Config) -> None:
       must win it back each time, so while the control plane computes, each of its calls can
       cost a whole interval (`python -m bench.gil_stall`).
     """
-    needed = ["engarde.net.client" if role == "client" else "engarde.net.server"]
-    section = config.client if role == "client" else config.server
-    if section is not None and section.webManager is not None:
-        needed.append("engarde.web.serve")  # quart, hypercorn, prometheus_client
-    for name in needed:
-        importlib.import_module(name)
+    importlib.import_module("engarde.net.client" if role == "client" else "engarde.net.server")
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(SWITCH_INTERVAL_S)

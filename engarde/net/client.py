@@ -24,6 +24,7 @@ import trio
 
 from engarde.config import ClientConfig
 from engarde.core.client import ClientCore
+from engarde.net.handover import Handover
 from engarde.net.latency import TICK_S, DelaySampler
 from engarde.net.netlink import run_netlink_watcher
 from engarde.net.pump import Pump, run_pump
@@ -55,15 +56,21 @@ def _destinations(config: ClientConfig) -> set[str]:
 
 
 SWEEP_PERIOD_S = 0.25  # settle copies older than the window (per-link lost/saved)
+PATHS_S = 5.0  # a successor waits this long at most for its paths before taking over
 
 
 async def run_client(
     config: ClientConfig,
     *,
     reloader: Reloader | None = None,
+    handover: Handover | None = None,
     task_status: trio.TaskStatus[ClientCore] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the client until cancelled. Raises SocketSetupError / NetlinkError at start-up.
+    """Run the client until cancelled. Raises SocketSetupError / NetlinkError / HandoverError
+    at start-up.
+
+    With a `handover`, the listen socket is shared with a predecessor serving the same address
+    (engarde.net.handover): this process takes over from it once every usable path carries.
 
     With a `reloader`, a reload applies new settings to the core (in the trio thread: the
     pump's handlers only read the few attributes it changes, once per batch); changed
@@ -72,14 +79,15 @@ async def run_client(
     core = ClientCore(config, now=time.monotonic())
     poke, wakeups = wake_channel()
     core.on_change = poke
-    wg_sock = open_listen_socket(config.listenAddr, what="client.listenAddr")
+    if handover is None:
+        wg_sock = open_listen_socket(config.listenAddr, what="client.listenAddr")
+    else:
+        wg_sock = await handover.open_listen_socket(config.listenAddr, what="client.listenAddr")
     fanout = Fanout()
     pump = Pump()
     sampler = DelaySampler(core.delay)
     sample = sampler.watch(wg_sock, "wireguard")
-    pump.register(
-        wg_sock, wireguard_handler(wg_sock, core, fanout, pump.receiver(), sample=sample)
-    )
+    pump.register(wg_sock, wireguard_handler(wg_sock, core, fanout, pump.receiver(), sample=sample))
     pump.every(SWEEP_PERIOD_S, lambda: core.sweep(time.monotonic()))
     pump.every(TICK_S, sampler.tick)
 
@@ -101,6 +109,8 @@ async def run_client(
                     core.apply_config(section, time.monotonic())
 
                 reloader.attach(apply)
+            if handover is not None and handover.predecessor_pid is not None:
+                await wait_for_paths(core, fanout)
             await start_dashboard_and_report(
                 nursery,
                 core,
@@ -110,4 +120,17 @@ async def run_client(
                 f"relaying to {config.dstAddr}",
                 task_status,
                 reloader,
+                handover,
             )
+
+
+async def wait_for_paths(core: ClientCore, fanout: Fanout, timeout_s: float = PATHS_S) -> None:
+    """Until every path the core wants carries copies (or `timeout_s`): a successor that took
+    WireGuard's datagrams before its uplink sockets exist would drop them."""
+    with trio.move_on_after(timeout_s):
+        while len(fanout.targets) < len(core.wanted()):  # noqa: ASYNC110 (once, at a handover)
+            await trio.sleep(0.01)
+    if len(fanout.targets) < len(core.wanted()):
+        logger.warning(
+            "taking over with %d of %d paths carrying", len(fanout.targets), len(core.wanted())
+        )

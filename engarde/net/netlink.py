@@ -36,6 +36,7 @@ from pyroute2.netlink.rtnl import (
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from engarde.core.links import AddrInfo, LinkInfo
+from engarde.errors import StartupError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ NETLINK_RCVBUF = 4 * 1024 * 1024
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
 
 
-class NetlinkError(Exception):
+class NetlinkError(StartupError):
     """Netlink could not be opened or read (the message says why)."""
 
 

@@ -37,6 +37,7 @@ from engarde.core.peers import Client, ClientAddress, Route
 from engarde.core.server import ServerCore
 from engarde.core.wireguard import DATA, JUNK, message_type
 from engarde.net import mmsg
+from engarde.net.handover import Handover
 from engarde.net.latency import NEVER, TICK_S, DelaySampler
 from engarde.net.pump import Batch, Handler, Pump, run_pump
 from engarde.net.ratelimit import LogLimiter
@@ -72,9 +73,13 @@ async def run_server(
     config: ServerConfig,
     *,
     reloader: Reloader | None = None,
+    handover: Handover | None = None,
     task_status: trio.TaskStatus[ServerCore] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the server until cancelled. Raises SocketSetupError at start-up.
+    """Run the server until cancelled. Raises SocketSetupError (or HandoverError) at start-up.
+
+    With a `handover`, the listen socket is shared with a predecessor serving the same address
+    (engarde.net.handover): this process takes over from it once its relay runs.
 
     With a `reloader`, a reload applies new settings in the pump thread (the core's owner); a
     new dstAddr (WireGuard moved) gets every route a new upstream socket before the old one
@@ -83,7 +88,12 @@ async def run_server(
     host, _ = parse_host_port(config.listenAddr, what="server.listenAddr")
     pktinfo = is_wildcard(host)
     dst = await resolve_udp(config.dstAddr, what="server.dstAddr")
-    listen = open_listen_socket(config.listenAddr, what="server.listenAddr", pktinfo=pktinfo)
+    if handover is None:
+        listen = open_listen_socket(config.listenAddr, what="server.listenAddr", pktinfo=pktinfo)
+    else:
+        listen = await handover.open_listen_socket(
+            config.listenAddr, what="server.listenAddr", pktinfo=pktinfo
+        )
     with listen:
         first = open_upstream_socket(dst)  # fails early and clearly if WireGuard's side is odd
         host, port = first.getsockname()[:2]
@@ -120,6 +130,7 @@ async def run_server(
                     f"relaying to WireGuard at {config.dstAddr}",
                     task_status,
                     reloader,
+                    handover,
                 )
         finally:
             relay.close_all()

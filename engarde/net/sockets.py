@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from engarde.config import parse_host_port
+from engarde.errors import StartupError
 
 BUFFER_BYTES = 4 * 1024 * 1024  # socket buffers: absorb bursts on slow links
 RECV_BYTES = 65536  # larger than any UDP payload: never truncate
@@ -28,7 +29,7 @@ IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 PKTINFO_ANC_BYTES = socket.CMSG_SPACE(20) * 2
 
 
-class SocketSetupError(Exception):
+class SocketSetupError(StartupError):
     """A socket could not be made. The message names what, where and why; `errno_name` too."""
 
     def __init__(self, message: str, err: int | None = None) -> None:
@@ -70,11 +71,15 @@ def is_wildcard(host: str) -> bool:
     return host in ("", "0.0.0.0", "::")
 
 
-def open_listen_socket(text: str, *, what: str, pktinfo: bool = False) -> socket.socket:
+def open_listen_socket(
+    text: str, *, what: str, pktinfo: bool = False, reuseport: bool = False
+) -> socket.socket:
     """Bind a non-blocking UDP socket to HOST:PORT. Raises SocketSetupError.
 
     With pktinfo=True (a wildcard address on a server), the socket reports each datagram's
-    destination address, so replies can leave from the address the client sent to.
+    destination address, so replies can leave from the address the client sent to. With
+    reuseport=True, a successor can bind the same address while this socket serves
+    (engarde.net.handover decides which of them receives).
     """
     host, port = parse_host_port(text, what=what)
     family = family_of(host)
@@ -89,6 +94,8 @@ def open_listen_socket(text: str, *, what: str, pktinfo: bool = False) -> socket
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((bind_host, port))
         sock.setblocking(False)
     except OSError as exc:

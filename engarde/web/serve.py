@@ -30,6 +30,7 @@ from hypercorn.config import Config as HypercornConfig
 from quart_trio import QuartTrio
 
 from engarde.config import WebManagerConfig, parse_host_port
+from engarde.errors import StartupError
 from engarde.web.app import create_app, dashboard_of
 from engarde.web.connections import ConnectionLimits, serve
 from engarde.web.live import Core, run_sampler
@@ -46,7 +47,7 @@ _hypercorn_log = logging.getLogger(__name__ + ".hypercorn")
 _hypercorn_log.setLevel(logging.WARNING)
 
 
-class DashboardError(Exception):
+class DashboardError(StartupError):
     """The dashboard cannot be served (e.g. its port is taken). One line, for the user."""
 
 
