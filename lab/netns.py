@@ -92,6 +92,7 @@ import itertools
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -203,6 +204,40 @@ def stop_processes(
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait()
+
+
+class AdoptedProcess:
+    """A process this one did not start (e.g. the successor an engarde process spawned on
+    SIGUSR2), watched through a pidfd so that :class:`Lab` can stop it by PID like its own.
+
+    Not our child: its exit code is unknown; ``returncode`` is 0 once it is gone.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._fd = os.pidfd_open(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self._fd], [], [], 0)[0]:
+            self.returncode = 0
+            os.close(self._fd)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.poll() is None and not select.select([self._fd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
+        return self.poll() or 0
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            signal.pidfd_send_signal(self._fd, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -1180,6 +1215,13 @@ class Lab:
         kwargs.setdefault("cwd", REPO_ROOT)
         return self.popen(ns, sys.executable, *args, **kwargs)
 
+    def adopt(self, pid: int) -> AdoptedProcess:
+        """Stop process ``pid`` (started by one of ours, e.g. an engarde successor) on
+        :meth:`close` like the ones :meth:`popen` started; :meth:`stop` takes it too."""
+        proc = AdoptedProcess(pid)
+        self._procs.append(proc)  # type: ignore[arg-type]
+        return proc
+
     def stop(self, proc: subprocess.Popen[Any], timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """Stop a process started by :meth:`popen` now (SIGTERM, then SIGKILL); its exit code."""
         code = stop_process(proc, timeout_s)
@@ -1787,6 +1829,7 @@ __all__ = [
     "REPO_ROOT",
     "UPLINKS_PER_CLIENT",
     "AddressInfo",
+    "AdoptedProcess",
     "ClientSide",
     "Family",
     "Lab",

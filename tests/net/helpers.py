@@ -221,6 +221,9 @@ def start_engarde(lab: Lab, role: str, config: Path, *, ns: str | None = None) -
         )
     log = LogFile(path, proc)
     log.wait_for(rf"{role} listening on ")
+    section = (yaml.safe_load(config.read_text()) or {}).get(role) or {}
+    if section.get("webManager"):  # the dashboard starts after the relay
+        log.wait_for(r"dashboard on ")
     return Engarde(role, proc, log)
 
 
@@ -234,6 +237,35 @@ def start_client(lab: Lab, config: Path, uplinks: Iterable[int] = (0, 1, 2)) -> 
     for i in uplinks:
         wait_for_socket(client, i)
     return client
+
+
+def restart_with_usr2(lab: Lab, engarde: Engarde) -> Engarde:
+    """Restart the documented way (docs/restart.md): SIGUSR2 makes ``engarde`` start its
+    successor (same command line), which takes over once its relay runs; the old process
+    forwards what is left for a grace period and exits (see :func:`wait_handed_over`).
+
+    Returns the successor, adopted by the lab (stopped by PID on teardown). It inherited
+    stderr: its lines go to the same log file."""
+    mark = engarde.log.mark()
+    assert engarde.proc.send_signal(signal.SIGUSR2) is None
+    found = engarde.log.wait_for(r"SIGUSR2: started the successor \(pid (\d+)\)", since=mark)
+    successor: Any = lab.adopt(int(found.group(1)))
+    log = LogFile(engarde.log.path, successor)
+    log.wait_for(r"took over: forwarding what is left", since=mark)
+    log.wait_for(rf"{engarde.role} listening on ", since=mark)
+    return Engarde(engarde.role, successor, log)
+
+
+def wait_handed_over(lab: Lab, old: Engarde, timeout_s: float = 30.0) -> None:
+    """Wait until ``old`` exited after handing over: exit code 0, no traceback."""
+    try:
+        code = old.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"engarde {old.role} still running after the handover\n{old.log.tail()}")
+    lab.stop(old.proc)
+    assert code == 0, f"engarde {old.role} exit code {code}\n{old.log.tail()}"
+    assert re.search(r"handed over to pid \d+: exiting", old.log.text()), old.log.tail()
+    assert "Traceback" not in old.log.text(), old.log.tail()
 
 
 def wait_for_socket(client: Engarde, i: int, since: int = 0, *, ipv6: bool = False) -> int:
