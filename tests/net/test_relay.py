@@ -38,6 +38,7 @@ from tests.net.helpers import (
     start_client,
     start_server,
     wait_for_socket,
+    wait_handed_over,
     wait_until,
     write_config,
 )
@@ -356,20 +357,19 @@ def test_sigterm_stops_client_and_server_cleanly(
     echo.stop()
 
 
-def test_second_client_on_the_same_listen_address_exits_1(
+def test_second_client_on_the_same_listen_address_takes_over(
     lab: Lab, relay: tuple[Echo, Engarde, Engarde]
 ) -> None:
+    """A second engarde with the same listen address is a successor (docs/restart.md): it
+    takes over once its paths carry, the first one forwards what is left and exits 0; the
+    datagrams sent meanwhile all come back."""
     _echo, _server, client = relay
-    config = default_config(lab)
-    proc = lab.popen_python(
-        lab.client_ns, "-m", "engarde", "client", str(config),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    _out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 1, err
-    assert err.splitlines() == [err.strip()], err  # a single line
-    assert CLIENT_LISTEN in err and "Traceback" not in err, err
-    assert client.proc.poll() is None  # the first one is not disturbed
+    sender = Sender(lab, 1500, 2)  # 3 s of traffic across the handover
+    second = start_client(lab, default_config(lab), ALL)
+    assert sender.wait()["lost"] == [], second.log.tail()
+    wait_handed_over(lab, client)
+    report = Sender(lab, 100, 2).wait()
+    assert report["lost"] == [], f"{report}\n{second.log.tail()}"
 
 
 # These two need no namespace: loopback only, and the process exits before relaying anything.
