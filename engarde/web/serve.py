@@ -83,7 +83,10 @@ async def run_dashboard(
         reloader.on_applied(lambda section: setattr(dashboard, "web", section.webManager))
     hconfig = _hypercorn_config(host, port)
     stop = trio.Event()
-    shield = trio.CancelScope(shield=True)
+    # Shielded once serving (a graceful stop, bounded by HARD_STOP_S), not while starting: a
+    # cancellation then must reach hypercorn, or nursery.start would wait for it forever
+    # (trio leaves a child started in a cancelled nursery where it is).
+    shield = trio.CancelScope()
     error: DashboardError | None = None
     cause: OSError | None = None
 
@@ -101,6 +104,7 @@ async def run_dashboard(
                     f"cannot serve the dashboard on {listen}: {_describe_socket_error(cause)}"
                 )
             else:
+                shield.shield = True
                 url = binds[0] if binds else f"http://{listen}"
                 nursery.start_soon(run_sampler, dashboard)
                 logger.info(

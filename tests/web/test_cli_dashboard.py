@@ -88,3 +88,25 @@ def test_ctrl_c_with_a_live_page_exits_promptly(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert took < 3.0  # graceful 0.5 s for the web side, well under a hang
+
+
+def test_sigterm_while_the_dashboard_starts_exits(tmp_path: Path) -> None:
+    """The dashboard starts after the "listening" line: a SIGTERM right then (systemd stopping
+    a unit that just became ready) cancels hypercorn while it starts. It used to wait for it
+    forever (a shielded child of a cancelled nursery.start)."""
+    for attempt in range(3):
+        proc = start_server(write_config(tmp_path / "engarde.yml", free_port()))
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if "server listening on" in line:
+                    break
+            time.sleep(0.05 * attempt)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr
