@@ -64,6 +64,18 @@ class Batch:
         self.limit = 1
         self._streak = 0
 
+    def read(self, got: int) -> None:
+        """A batched read (one recvmmsg for up to `limit`) returned `got` datagrams.
+
+        Full: read more next time. One: the socket is about as quiet as one datagram per
+        wake-up, back to the plain calls. In between: keep the limit; the call cost the same
+        whatever it returned, and dropping to one datagram per call would make a socket that is
+        busy but not saturated swing between the batched and the plain path."""
+        if got >= self.limit:
+            self.filled()
+        elif got <= 1:
+            self.drained()
+
     def filled(self) -> None:
         """The handler read `limit` datagrams without seeing EAGAIN."""
         if self.limit > 1:

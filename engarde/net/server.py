@@ -447,10 +447,7 @@ class ServerRelay:
                     going[sock] = [i]
                 else:
                     queued.append(i)
-            if k < limit:
-                batch.drained()
-            else:
-                batch.filled()
+            batch.read(k)
             point, address = iovecs.point, slots.address
             for sock, queued in going.items():
                 total = 0
@@ -613,10 +610,7 @@ class ServerRelay:
                 flush(m)
             if failed:
                 drop_failed(now)
-            if k < limit:
-                batch.drained()
-            else:
-                batch.filled()
+            batch.read(k)
             if log_lines or closing:
                 self.after(now)
 

@@ -456,10 +456,7 @@ def uplink_handler(
                 stats.rx_dropped_full += full
                 relay.wg_tx_errors += failed
             relay.wg_tx_bytes += total
-        if k < limit:
-            batch.drained()
-        else:
-            batch.filled()
+        batch.read(k)
         if accepted:
             stats.last_rx = now
 
@@ -564,10 +561,7 @@ def wireguard_handler(
             point(going, address(i), n)
             going += 1
             total += n
-        if k < limit:
-            batch.drained()
-        else:
-            batch.filled()
+        batch.read(k)
         if not going:
             return
         relay.wg_rx_datagrams += going

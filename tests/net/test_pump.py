@@ -131,3 +131,16 @@ def test_batch_reads_one_when_quiet_and_grows_when_busy() -> None:
     assert batch.limit == BATCH
     batch.drained()
     assert batch.limit == 1
+
+
+def test_a_batched_read_keeps_its_limit_unless_full_or_down_to_one() -> None:
+    batch = Batch()
+    for _ in range(6):
+        batch.filled()
+    assert batch.limit == 8
+    batch.read(8)
+    assert batch.limit == 16  # full: more
+    batch.read(5)
+    assert batch.limit == 16  # short but busy: stays batched
+    batch.read(1)
+    assert batch.limit == 1  # as quiet as one per wake-up: the plain calls again
