@@ -426,7 +426,7 @@ class ServerRelay:
             for i in range(k):
                 n = size(i)
                 data = data_of(i, n)
-                if strict and message_type(data, n) == JUNK:
+                if strict and (n < 32 or data[0] != 4) and message_type(data, n) == JUNK:
                     # Dropped by route_of too, whoever sent it; here before its source is even
                     # looked at, so a flood of junk from many sources costs little.
                     if n == 0:
