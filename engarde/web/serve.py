@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import mimetypes
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -34,6 +35,10 @@ from engarde.errors import StartupError
 from engarde.web.app import create_app, dashboard_of
 from engarde.web.connections import ConnectionLimits, serve
 from engarde.web.live import Core, run_sampler
+
+# The MIME table (/etc/mime.types) is read now, with the dashboard's imports, not in one step
+# when the first page is served while datagrams flow (docs/performance.md, "Relay delay").
+mimetypes.init()
 
 logger = logging.getLogger(__name__)
 
