@@ -176,11 +176,14 @@ def procs() -> Iterator[list[Any]]:
             proc.wait()
 
 
-def write_config(path: Path, port: int, echo: Echo) -> Path:
-    path.write_text(
+def write_config(path: Path, port: int, echo: Echo, web_port: int | None = None) -> Path:
+    text = (
         f'server:\n  listenAddr: "127.0.0.1:{port}"\n  dstAddr: "127.0.0.1:{echo.port}"\n'
         "  relayNonWireGuard: true\n"
     )
+    if web_port is not None:
+        text += f'  webManager:\n    listenAddr: "127.0.0.1:{web_port}"\n'
+    path.write_text(text)
     return path
 
 
@@ -353,3 +356,25 @@ def test_systemd_is_told_ready_mainpid_and_stopping(
         second.terminate()
         assert second.wait(timeout=WAIT_S) == 0
         assert notify.recv(200) == b"STOPPING=1"  # the first, handing over, said nothing
+
+
+def test_the_dashboard_moves_to_the_successor(tmp_path: Path, procs: list[Any], echo: Echo) -> None:
+    """The old process frees the dashboard's port before it lets the successor go ahead; the
+    successor serves the page on the same address right after."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        web_port = probe.getsockname()[1]
+    port = free_udp_port()
+    config = write_config(tmp_path / "engarde.yml", port, echo, web_port)
+    first, first_log = start(procs, config, tmp_path / "first.log")
+    first_log.wait_for(f"dashboard on http://127.0.0.1:{web_port}")
+    second, second_log = start(procs, config, tmp_path / "second.log")
+    second_log.wait_for(f"dashboard on http://127.0.0.1:{web_port}")
+    with socket.create_connection(("127.0.0.1", web_port), timeout=WAIT_S) as page:
+        page.sendall(
+            b"GET /api/v1/get-list HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        assert page.recv(100).startswith(b"HTTP/1.1 200"), second_log.tail()
+    assert first.wait(timeout=GRACE_S + WAIT_S) == 0, first_log.tail()
+    assert second.poll() is None, second_log.tail()
+    assert "Traceback" not in first_log.text() + second_log.text()
