@@ -53,6 +53,7 @@ PERIOD_S = 0.01  # per socket: at most one sampled datagram this often
 TICK_S = 0.02  # the pump reads its schedstat this often (the baseline of the split)
 EXPLAIN_EVERY_S = 0.1  # at saturation every sample is "slow": explain at most this often
 GC_KEPT = 32
+GC_SHARE = 0.25  # a GC pass this big a part of a stall names it (a 0.3 ms gen0 pass does not)
 RELIST_EVERY = 50  # ticks: our threads are listed again once a second
 
 
@@ -205,8 +206,8 @@ class DelaySampler:
         passes = [p for p in list(self._gc_passes) if p[1] >= start - 0.001]
         if self._gc_running >= 0:
             return f"gc gen{self._gc_running} (running)"
-        if passes:
-            longest = max(passes, key=lambda p: p[1] - p[0])
+        longest = max(passes, key=lambda p: p[1] - p[0], default=None)
+        if longest is not None and longest[1] - longest[0] >= GC_SHARE * delay_s:
             return f"gc gen{longest[2]} ({(longest[1] - longest[0]) * 1000:.1f} ms)"
         frame = sys._current_frames().get(self._control_ident)
         if frame is None:
