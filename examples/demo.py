@@ -383,8 +383,24 @@ class Demo:
             self.say(f"engarde {name} starting in {ns} (pid {proc.pid})")
             port = SERVER_PORT if role == "server" else int(CLIENT_LISTEN.rsplit(":", 1)[1])
             lab.wait_for_udp(ns, port, timeout_s=20, proc=proc)
+            if name in self.links:  # its dashboard starts after the relay: wait for it too
+                self.wait_for_log(name, proc, "dashboard on ", timeout_s=20)
             self.say(f"engarde {name} ready")
             self.echo_engarde()
+
+    def wait_for_log(
+        self, name: str, proc: subprocess.Popen[Any], text: str, timeout_s: float
+    ) -> None:
+        """Wait until engarde ``name`` logged a line containing ``text``; LabError if it exits
+        first or after ``timeout_s``."""
+        path = self.lab.workdir / f"engarde-{name}.log"
+        deadline = time.monotonic() + timeout_s
+        while text.encode() not in path.read_bytes():
+            if proc.poll() is not None:
+                raise LabError(f"engarde {name} exited ({proc.returncode}) before {text!r}")
+            if time.monotonic() > deadline:
+                raise LabError(f"engarde {name}: no {text!r} in its log after {timeout_s} s")
+            time.sleep(0.05)
 
     def echo_engarde(self) -> None:
         """Print what engarde itself logged since last time (its INFO/WARNING lines)."""
