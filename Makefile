@@ -56,7 +56,7 @@ test-fast: system-deps install
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check engarde tests bench
+	$(BIN)/ruff check engarde tests bench lab examples
 	$(BIN)/mypy
 
 # DEMO_ARGS: --hold (run until Ctrl-C), --pace N, --clients N, --no-engarde, --no-web; the

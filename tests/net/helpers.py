@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -819,3 +820,24 @@ def parse_pcap(data: bytes) -> list[Datagram]:
 def sequence_numbers(datagrams: Iterable[Datagram]) -> list[int]:
     """The ``udp_tools send`` sequence numbers carried by captured datagrams (payload bytes 0-7)."""
     return [SEQ.unpack_from(d.payload)[0] for d in datagrams if len(d.payload) >= SEQ.size]
+
+
+def open_fds(pid: int) -> list[str]:
+    """What ``pid``'s file descriptors point to (``socket:[...]``, paths, ...), leaving out
+    ``/proc`` files: the relay-delay sampler keeps one schedstat fd per thread, and trio's
+    worker threads come and go, so those count threads, not leaks."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if not target.startswith("/proc/"):
+            found.append(target)
+    return found
+
+
+def fd_kinds(fds: list[str]) -> str:
+    """``fds`` (from :func:`open_fds`) counted by kind, for a failure message."""
+    kinds = Counter(re.sub(r"\[\d+\]$", "", fd) for fd in fds)
+    return ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items()))

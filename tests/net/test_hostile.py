@@ -30,7 +30,9 @@ from tests.net.helpers import (
     api,
     counters_delta,
     default_config,
+    fd_kinds,
     kernel_udp_counters,
+    open_fds,
     server_saw,
     server_section,
     start_client,
@@ -46,10 +48,6 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 def link(status: dict[str, Any], name: str) -> dict[str, Any]:
     return next(item for item in status["links"] if item["name"] == name)
-
-
-def open_fds(proc_pid: int) -> int:
-    return len(os.listdir(f"/proc/{proc_pid}/fd"))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -229,9 +227,9 @@ def test_churn_on_other_links_loses_nothing_and_leaks_nothing(lab: Lab) -> None:
     for name in present.values():
         lab.run(lab.client_ns, "ip", "link", "del", name)
     wait_until(
-        lambda: open_fds(client.proc.pid) == fds_before,
-        f"the client's open fds back to {fds_before}",
-        details=lambda: f"now {open_fds(client.proc.pid)}\n{client.log.tail()}",
+        lambda: len(open_fds(client.proc.pid)) == len(fds_before),
+        f"the client's open fds back to {len(fds_before)} ({fd_kinds(fds_before)})",
+        details=lambda: f"now {fd_kinds(open_fds(client.proc.pid))}\n{client.log.tail()}",
     )
     wait_until(
         lambda: api(lab, lab.client_ns, "/api/v2/status")["process"]["tasks"] == tasks_before,

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 import sys
 import time
@@ -33,6 +32,8 @@ from tests.net.helpers import (
     WgSender,
     WgSink,
     api,
+    fd_kinds,
+    open_fds,
     server_section,
     start_client,
     start_server,
@@ -152,10 +153,6 @@ def test_an_attacker_who_knows_the_session_index_reflects_nothing(lab: Lab) -> N
     assert "Traceback" not in server.log.text()
 
 
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 @pytest.mark.parametrize("lab", [1], indirect=True)
 def test_clients_and_probes_that_come_and_go_leave_no_socket_behind(lab: Lab) -> None:
     config = write_config(
@@ -169,26 +166,26 @@ def test_clients_and_probes_that_come_and_go_leave_no_socket_behind(lab: Lab) ->
     server = start_server(lab, config)
     sink = WgSink(lab, echo=True)
     pid = server.proc.pid
-    baseline = open_fds(pid)
+    baseline = len(open_fds(pid))
     service = f"{lab.service_addr}:{SERVER_PORT}"
     prefix = f"10.{lab.octet}.201"
     for round_ in range(3):
         senders = [WgSender(lab, count=30, interval_ms=5, to=service) for _ in range(8)]
         reports = [s.wait() for s in senders]
         assert all(r["received_unique"] == 30 for r in reports), reports
-        during = open_fds(pid)
+        during = len(open_fds(pid))
         assert during >= baseline + 1, "each client has its own upstream socket"
         # spoofed data naming unknown sessions: probes (capped, rate-limited) that lead nowhere
         attack(lab, prefix, 0xDEADBEEF, seconds=1.0)
 
         def back_to_baseline() -> bool:
-            return open_fds(pid) <= baseline
+            return len(open_fds(pid)) <= baseline
 
         wait_until(
             back_to_baseline,
             f"round {round_}: the server's descriptors back to {baseline}",
             timeout_s=20,
-            details=lambda: f"fds now {open_fds(pid)}\n{server.log.tail()}",
+            details=lambda: f"fds now {fd_kinds(open_fds(pid))}\n{server.log.tail()}",
         )
     doc = server_status(lab)
     counters = doc["counters"]
