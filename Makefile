@@ -4,9 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test test-fast test-latest lint demo bench clean lock lock-upgrade
+.PHONY: install bytecode system-deps test test-fast test-latest lint demo bench clean lock lock-upgrade
 
 install: $(STAMP)
+
+# engarde's own modules compiled ahead (pip does this for a wheel, not for this editable install;
+# PYTHONDONTWRITEBYTECODE=1 machines never write them): compiling a module at import holds the
+# GIL, and the dashboard's modules are imported while the relay already runs (a 6-15 ms stall of
+# the data path each start, measured). Cheap when up to date.
+bytecode: install
+	@$(BIN)/python -m compileall -q engarde
 
 # Debian packages (iproute2, wireguard-go, nftables, chromium, ...): installed if missing.
 system-deps:
@@ -49,10 +56,10 @@ test-latest: system-deps
 	$(LATEST_VENV)/bin/python scripts/compare-versions.py constraints.txt
 	$(LATEST_VENV)/bin/pytest -q -rs $(PYTEST_ARGS)
 
-test: system-deps install
+test: system-deps bytecode
 	$(BIN)/pytest -q -rs $(PYTEST_ARGS)
 
-test-fast: system-deps install
+test-fast: system-deps bytecode
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install
@@ -61,10 +68,10 @@ lint: install
 
 # DEMO_ARGS: --hold (run until Ctrl-C), --pace N, --clients N, --no-engarde, --no-web; the
 # dashboards' URLs (reachable from this machine) are printed at the start.
-demo: system-deps install
+demo: system-deps bytecode
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
-bench: system-deps install
+bench: system-deps bytecode
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
