@@ -5,7 +5,9 @@
 - ``plain``:   the same loop in Python (recvfrom_into + 3 x sendto), on an epoll;
 - ``batched``: Python + ctypes: one recvmmsg of up to 64 datagrams, then one sendmmsg per
                uplink over header arrays that all point at the same iovecs
-               (engarde.net.mmsg: what the handlers do when a socket is busy).
+               (engarde.net.mmsg: what the handlers do when a socket is busy);
+- ``segmented``: the same, each uplink's batch sent as runs of equal-sized datagrams with
+               UDP_SEGMENT (the kernel cuts them up after one pass through the stack).
 
 A separate process floods the relay's listen socket with datagrams of ``--size`` bytes for
 ``--seconds``; the relay copies each to 3 sink sockets nobody reads (the kernel drops at the full
@@ -89,7 +91,12 @@ def _python_relay(shape: str, listen: socket.socket, dsts: list[Any], until: flo
             receiver = mmsg.Receiver()
             iovecs = mmsg.Iovecs()
             arrays = [
-                (o.fileno(), mmsg.Messages(iovecs, name=mmsg.sockaddr_of(d)))
+                (
+                    o.fileno(),
+                    mmsg.Messages(
+                        iovecs, name=mmsg.sockaddr_of(d), segment=shape == "segmented"
+                    ),
+                )
                 for o, d in zip(outs, dsts, strict=True)
             ]
             fd = listen.fileno()
@@ -184,7 +191,7 @@ def main() -> None:
         raise SystemExit("recvmmsg/sendmmsg not available from libc")
     results: dict[str, Any] = {}
     for size in args.size or [1408, 112]:
-        for shape in ("crelay", "plain", "batched"):
+        for shape in ("crelay", "plain", "batched", "segmented"):
             runs = [measure(shape, size) for _ in range(args.runs)]
             rates = sorted(r["datagrams_per_s"] for r in runs)
             cpus = sorted(r["cpu_us_per_datagram"] for r in runs)
@@ -202,7 +209,11 @@ def main() -> None:
             )
         crelay = results[f"crelay-{size}"]["median_cpu_us_per_datagram"]
         batched = results[f"batched-{size}"]["median_cpu_us_per_datagram"]
-        print(f"  {size} B: batched CPU per datagram = {batched / crelay:.2f} x the C relay's")
+        segmented = results[f"segmented-{size}"]["median_cpu_us_per_datagram"]
+        print(
+            f"  {size} B: CPU per datagram, batched {batched / crelay:.2f} x the C relay's, "
+            f"segmented {segmented / crelay:.2f} x"
+        )
     print(json.dumps(results))
 
 

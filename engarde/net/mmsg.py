@@ -18,6 +18,18 @@ and counted, a full buffer (EAGAIN) ends the batch for that socket and the rest 
 dropped, for that link only; at most MAX_CALLS calls, none of which waits: nothing is ever
 retried into a stall.
 
+UDP_SEGMENT (generic segmentation offload for UDP, Linux 4.18+). A `Messages` made with
+`segment=True` groups the batch into runs of equal-sized datagrams (the last of a run may be
+shorter; at most UDP_MAX_SEGMENTS of them, at most MAX_SEGMENTED_BYTES in all) and sends each run
+as one message whose iovecs are the run's datagrams, with a UDP_SEGMENT control message giving
+their size: the kernel cuts it back into the same datagrams, in order, on the same path, after
+one trip through the stack instead of one per datagram. A run of one is an ordinary message.
+The kernel refuses segmentation on some paths (EIO: a device that cannot checksum for it, an
+IPsec route; EINVAL: a datagram larger than the path's MTU allows for it): that `Messages`
+then stops segmenting for good (logged once), and what the refused call held is sent again as
+ordinary messages: nothing is lost to it. ENGARDE_UDP_SEGMENT=0 in the environment turns it
+off.
+
 Without the libc symbols (or on a 32-bit ABI, whose layouts are not written down here)
 `AVAILABLE` is False and the handlers keep the plain calls; `log_unavailable_once` says so once.
 """
@@ -45,6 +57,13 @@ _FULL = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
 NAME_BYTES = 28  # sizeof(struct sockaddr_in6), the largest source address a UDP socket reports
 _NAME_STRIDE = 32
 CONTROL_BYTES = socket.CMSG_SPACE(20) * 2  # IP_PKTINFO and IPV6_PKTINFO, as the plain path
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h
+UDP_MAX_SEGMENTS = 64  # the kernel's limit per message before 6.2 (128 since)
+MAX_SEGMENTED_BYTES = 65507  # a UDP payload in one IPv4 datagram, before segmentation
+_SEGMENT_CONTROL = socket.CMSG_SPACE(2)  # a cmsghdr and the u16 segment size
+_SEGMENT_REFUSED = frozenset({errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.EOPNOTSUPP})
+SEGMENT = os.environ.get("ENGARDE_UDP_SEGMENT", "1") != "0"
 
 
 class _Iovec(ctypes.Structure):
@@ -323,9 +342,35 @@ class Iovecs:
         self.q = memoryview(self._buf).cast("Q")
         self.at = _address_of(self._buf)
 
+        self.runs: list[tuple[int, int, int]] = []  # of the last `plan`: (first, count, size)
+        self.planned = -1  # the count `runs` was planned for; -1: pointed since
+
     def point(self, i: int, address: int, n: int) -> None:
         self.q[2 * i] = address
         self.q[2 * i + 1] = n
+        self.planned = -1
+
+    def plan(self, count: int) -> list[tuple[int, int, int]]:
+        """Datagrams 0..count-1 (pointed, none empty) as runs for UDP_SEGMENT: consecutive
+        datagrams of one size, the last of a run possibly shorter, within the kernel's limits.
+        Planned once per batch, whichever `Messages` asks first."""
+        if self.planned == count:
+            return self.runs
+        q, runs = self.q, self.runs
+        runs.clear()
+        i = 0
+        while i < count:
+            size = q[2 * i + 1]
+            end = min(count, i + min(UDP_MAX_SEGMENTS, MAX_SEGMENTED_BYTES // max(size, 1)))
+            j = i + 1
+            while j < end and q[2 * j + 1] == size:
+                j += 1
+            if j < end and q[2 * j + 1] < size:
+                j += 1  # a shorter datagram may end a run
+            runs.append((i, j - i, size))
+            i = j
+        self.planned = count
+        return runs
 
 
 class Messages:
@@ -342,6 +387,7 @@ class Messages:
         name: bytes | None = None,
         names: bool = False,
         control: bool = False,
+        segment: bool = False,
     ) -> None:
         slots = self.slots = iovecs.slots
         self.iovecs = iovecs  # kept alive: the headers point into it
@@ -357,7 +403,7 @@ class Messages:
         self._control_at = _address_of(self._control_slots)
         self.failures: list[tuple[int, int]] = []  # of the last send_all: (index, errno)
         self.last_errno = 0
-        self.tried = 0
+        self.first = self.tried = 0
         name_at = _address_of(self._name)
         for i in range(slots):
             self._q[i * _QW + _Q_IOV] = iovecs.at + i * IOV
@@ -367,6 +413,28 @@ class Messages:
                 self._i[i * _IW + _I_NAMELEN] = len(name)
             elif names:
                 self._q[i * _QW + _Q_NAME] = self._names_at + i * _NAME_STRIDE
+        # UDP_SEGMENT (one destination or a connected socket): a header per run, each with its
+        # own control message
+        self.segment = segment and SEGMENT and not names and not control
+        self.segment_refused = 0  # the errno that ended segmenting here (0: it did not end)
+        self._bytes = -1  # of the last segmented send_all: bytes sent (-1: not segmented)
+        if self.segment:
+            self._seg_hdrs = bytearray(slots * HDR)
+            self._seg_q = memoryview(self._seg_hdrs).cast("Q")
+            self._seg_at = _address_of(self._seg_hdrs)
+            self._seg_control = bytearray(slots * _SEGMENT_CONTROL)
+            self._seg_sizes = memoryview(self._seg_control).cast("H")
+            seg_control_at = _address_of(self._seg_control)
+            seg_i = memoryview(self._seg_hdrs).cast("I")
+            for i in range(slots):
+                _CMSG.pack_into(
+                    self._seg_control, i * _SEGMENT_CONTROL, socket.CMSG_LEN(2), SOL_UDP,
+                    UDP_SEGMENT,
+                )  # fmt: skip
+                if name is not None:
+                    self._seg_q[i * _QW + _Q_NAME] = name_at
+                    seg_i[i * _IW + _I_NAMELEN] = len(name)
+                self._seg_q[i * _QW + _Q_CONTROL] = seg_control_at + i * _SEGMENT_CONTROL
 
     def set_name(self, i: int, raw: bytes) -> None:
         start = i * _NAME_STRIDE
@@ -401,7 +469,80 @@ class Messages:
         return sent
 
     def send_all(self, fd: int, count: int) -> tuple[int, int, int]:
-        """Send messages 0..count-1: (sent, full, failed), which add up to `count`.
+        """Send datagrams 0..count-1: (sent, full, failed), which add up to `count`; segmented
+        (UDP_SEGMENT, see the module's docstring) where this array does and it saves calls
+        through the stack, one message per datagram otherwise (`send_each`)."""
+        self._bytes = -1
+        if not self.segment:
+            return self.send_each(fd, count)
+        runs = self.iovecs.plan(count)
+        if len(runs) == count:  # no two alike: nothing to gain
+            return self.send_each(fd, count)
+        return self._send_runs(fd, count, runs)
+
+    def _send_runs(
+        self, fd: int, count: int, runs: list[tuple[int, int, int]]
+    ) -> tuple[int, int, int]:
+        q, sizes, iov_at = self._seg_q, self._seg_sizes, self.iovecs.at
+        for r, (first, n, size) in enumerate(runs):
+            at = r * _QW
+            q[at + _Q_IOV] = iov_at + first * IOV
+            q[at + _Q_IOVLEN] = n
+            q[at + _Q_CONTROLLEN] = _SEGMENT_CONTROL if n > 1 else 0
+            sizes[(r * _SEGMENT_CONTROL + _CMSG.size) // 2] = size
+        failures = self.failures
+        failures.clear()
+        self.last_errno = 0
+        iov_q = self.iovecs.q
+        total = len(runs)
+        r = sent = sent_bytes = failed = 0
+        for _ in range(MAX_CALLS):
+            got: int = _sendmmsg(fd, self._seg_at + r * HDR, total - r, 0)  # type: ignore[misc]
+            if got > 0:
+                for first, n, _size in runs[r : r + got]:
+                    sent += n
+                    sent_bytes += sum(iov_q[2 * j + 1] for j in range(first, first + n))
+                r += got
+                if r >= total:
+                    break
+                continue
+            err = _get_errno() if got < 0 else errno.EAGAIN
+            self.last_errno = err
+            first, n, size = runs[r]
+            if n > 1 and err in _SEGMENT_REFUSED:  # the path cannot take it: stop segmenting
+                self._refuse(err, size)
+                earlier = list(failures)
+                more, full, bad = self.send_each(fd, count, first)
+                self._bytes = sent_bytes + self.sent_bytes()
+                failures[:0] = earlier
+                return sent + more, full, failed + bad
+            if err in _FULL or err == errno.ENOBUFS:
+                break
+            failures.append((first, err))  # the whole run failed with it
+            failed += n
+            r += 1
+            if r >= total:
+                break
+        self._bytes = sent_bytes
+        rest = count - sent - failed
+        if rest and self.last_errno == errno.ENOBUFS:
+            return sent, 0, failed + rest
+        return sent, rest, failed
+
+    def _refuse(self, err: int, size: int) -> None:
+        self.segment = False
+        self.segment_refused = err
+        logger.info(
+            "UDP_SEGMENT refused towards %s (%s, runs of %d-byte datagrams): one message per "
+            "datagram on this socket from now on",
+            address_of(bytes(self._name)) if len(self._name) >= 16 else "the connected peer",
+            errno.errorcode.get(err, err),
+            size,
+        )
+
+    def send_each(self, fd: int, count: int, start: int = 0) -> tuple[int, int, int]:
+        """Send messages start..count-1, one per datagram: (sent, full, failed), which add up
+        to `count - start`.
 
         A sendmmsg that stops early is continued from where it stopped, at most MAX_CALLS
         calls in all, all non-blocking: a message that fails alone (ECONNREFUSED after an
@@ -412,7 +553,7 @@ class Messages:
         it). `last_errno` is the last errno seen, `tried` how many messages were tried."""
         failures = self.failures
         failures.clear()
-        start = 0
+        self.first = start
         sent = 0
         self.last_errno = 0
         for _ in range(MAX_CALLS):
@@ -439,6 +580,8 @@ class Messages:
 
     def sent_bytes(self) -> int:
         """After a `send_all` that did not send everything: the bytes of what it did send."""
+        if self._bytes >= 0:
+            return self._bytes
         q = self.iovecs.q
-        total = sum(q[2 * i + 1] for i in range(self.tried))
+        total = sum(q[2 * i + 1] for i in range(self.first, self.tried))
         return total - sum(q[2 * i + 1] for i, _ in self.failures)

@@ -302,7 +302,8 @@ class ServerRelay:
         log_lines, closing = core.pending_work
         slots = self.pump.receiver(control=pktinfo)
         iovecs = mmsg.Iovecs() if slots is not None else None
-        to_wg = mmsg.Messages(iovecs) if iovecs is not None else None  # connected sockets
+        # connected sockets, one per client; runs of equal-sized datagrams as one UDP_SEGMENT
+        to_wg = mmsg.Messages(iovecs, segment=True) if iovecs is not None else None
 
         batch = Batch()
         local: bytes | None = None  # where the last datagram was sent to (IP_PKTINFO)

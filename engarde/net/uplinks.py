@@ -92,7 +92,9 @@ class Fanout:
         """A batched sender from `sock` to `dst` on this Fanout's iovecs (None without mmsg)."""
         if self.iovecs is None:
             return None
-        return sock.fileno(), mmsg.Messages(self.iovecs, name=mmsg.sockaddr_of(dst))
+        return sock.fileno(), mmsg.Messages(
+            self.iovecs, name=mmsg.sockaddr_of(dst), segment=True
+        )
 
     def _changed(self) -> None:
         self.batched = tuple(self._by_key.values())
@@ -447,7 +449,9 @@ def uplink_handler(
         if going:
             peer = core.wg_peer
             if peer is not None and peer != to_wg[0]:
-                to_wg[0], to_wg[1] = peer, mmsg.Messages(iovecs, name=mmsg.sockaddr_of(peer))
+                to_wg[0], to_wg[1] = peer, mmsg.Messages(
+                    iovecs, name=mmsg.sockaddr_of(peer), segment=True
+                )
             messages = to_wg[1]
             sent, full, failed = messages.send_all(wg_sock.fileno(), going)
             relay.wg_tx_datagrams += sent

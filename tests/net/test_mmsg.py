@@ -346,3 +346,125 @@ def test_reply_control_messages_stay_bounded_and_right() -> None:
     finally:
         out.close()
         sink.close()
+
+
+# ---- UDP_SEGMENT --------------------------------------------------------------------------------
+
+
+def pointed(iovecs: mmsg.Iovecs, payloads: list[bytes]) -> list[bytearray]:
+    """Point iovecs 0.. at copies of `payloads` (kept alive by the caller)."""
+    buffers = [bytearray(p) for p in payloads]
+    for j, buf in enumerate(buffers):
+        iovecs.point(j, ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf)), len(buf))
+    return buffers
+
+
+@pytest.mark.parametrize(
+    ("sizes", "runs"),
+    [
+        ([100] * 5, [(0, 5, 100)]),
+        ([100, 100, 40, 100], [(0, 3, 100), (3, 1, 100)]),  # a shorter one ends a run
+        ([40, 100, 100], [(0, 1, 40), (1, 2, 100)]),  # a longer one starts a new run
+        ([100, 40, 40], [(0, 2, 100), (2, 1, 40)]),
+        ([1408] * 64, [(0, 46, 1408), (46, 18, 1408)]),  # 46 x 1408 <= 65507 < 47 x 1408
+        ([10] * 64, [(0, 64, 10)]),  # UDP_MAX_SEGMENTS
+        ([60000, 60000], [(0, 1, 60000), (1, 1, 60000)]),
+        ([], []),
+    ],
+)
+def test_runs_for_udp_segment(sizes: list[int], runs: list[tuple[int, int, int]]) -> None:
+    iovecs = mmsg.Iovecs()
+    for j, n in enumerate(sizes):
+        iovecs.point(j, 0, n)
+    assert iovecs.plan(len(sizes)) == runs
+    for first, count, size in runs:  # what the kernel requires of a segmented message
+        got = sizes[first : first + count]
+        assert all(n == size for n in got[:-1]) and got[-1] <= size
+        assert count <= mmsg.UDP_MAX_SEGMENTS and sum(got) <= mmsg.MAX_SEGMENTED_BYTES
+
+
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_segmented_batch_arrives_as_the_same_datagrams_in_order(family: str) -> None:
+    if family == "v6" and not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+    af, host = (socket.AF_INET, "127.0.0.1") if family == "v4" else (socket.AF_INET6, "::1")
+    src, dst = udp(af, host), udp(af, host)
+    try:
+        sizes = [1408] * 50 + [700] + [112] * 12 + [1]  # three runs and a datagram alone
+        payloads = [bytes([j]) * n for j, n in enumerate(sizes)]
+        iovecs = mmsg.Iovecs()
+        keep = pointed(iovecs, payloads)
+        messages = mmsg.Messages(iovecs, name=mmsg.sockaddr_of(dst.getsockname()), segment=True)
+        calls: list[int] = []
+        real = mmsg._sendmmsg
+
+        def counting(fd: int, at: int, count: int, flags: int) -> int:
+            calls.append(count)
+            return real(fd, at, count, flags)  # type: ignore[misc, no-any-return]
+
+        mmsg._sendmmsg = counting
+        try:
+            assert messages.send_all(src.fileno(), len(sizes)) == (len(sizes), 0, 0)
+        finally:
+            mmsg._sendmmsg = real
+        # one call, a message per run: 46 x 1408; 4 x 1408 + 700; 12 x 112 + 1
+        assert iovecs.runs == [(0, 46, 1408), (46, 5, 1408), (51, 13, 112)]
+        assert calls == [3]
+        assert messages.segment and not messages.segment_refused
+        assert [d for d, _ in read_all(dst)] == payloads
+        del keep
+    finally:
+        src.close()
+        dst.close()
+
+
+def test_a_refused_segmentation_sends_everything_one_by_one_and_stops_segmenting(
+    pair: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    src, dst = pair
+    # Without UDP checksums (SO_NO_CHECK) the kernel refuses to segment: EINVAL.
+    src.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK
+    payloads = [bytes([j]) * 500 for j in range(20)]
+    iovecs = mmsg.Iovecs()
+    keep = pointed(iovecs, payloads)
+    messages = mmsg.Messages(iovecs, name=mmsg.sockaddr_of(dst.getsockname()), segment=True)
+    with caplog.at_level(logging.INFO, logger="engarde.net.mmsg"):
+        assert messages.send_all(src.fileno(), 20) == (20, 0, 0)
+    assert not messages.segment and messages.segment_refused == errno.EINVAL
+    assert "UDP_SEGMENT refused" in caplog.text and "EINVAL" in caplog.text
+    assert [d for d, _ in read_all(dst)] == payloads
+    assert messages.send_all(src.fileno(), 20) == (20, 0, 0)  # no second try, no second line
+    assert caplog.text.count("UDP_SEGMENT refused") == 1
+    assert len(read_all(dst)) == 20
+    del keep
+
+
+@pytest.mark.parametrize(
+    ("script", "expected", "calls"),
+    [
+        ([2], (10, 0, 0), [2]),  # runs of 6 and 4: two messages
+        ([1, 1], (10, 0, 0), [2, 1]),
+        ([1, -errno.EAGAIN], (6, 4, 0), [2, 1]),  # the second run did not fit: dropped
+        ([-errno.EAGAIN], (0, 10, 0), [2]),
+        ([1, -errno.ENOBUFS], (6, 0, 4), [2, 1]),
+        ([-errno.EPERM, 1], (4, 0, 6), [2, 1]),  # a firewall refused the first run
+        ([1, -errno.EIO, 4], (10, 0, 0), [2, 1, 4]),  # refused: the rest one by one
+    ],
+)
+def test_segmented_partial_sends(
+    monkeypatch: pytest.MonkeyPatch,
+    script: list[int],
+    expected: tuple[int, int, int],
+    calls: list[int],
+) -> None:
+    fake = ScriptedSendmmsg(script)
+    monkeypatch.setattr(mmsg, "_sendmmsg", fake)
+    iovecs = mmsg.Iovecs(16)
+    for j, n in enumerate([100] * 6 + [200] * 4):
+        iovecs.point(j, 0, n)
+    messages = mmsg.Messages(iovecs, name=mmsg.sockaddr_of(("127.0.0.1", 9)), segment=True)
+    result = messages.send_all(3, 10)
+    assert result == expected and fake.calls == calls
+    assert sum(result) == 10
+    if result[0] < 10:
+        assert messages.sent_bytes() == {0: 0, 6: 600, 4: 800}[result[0]]
