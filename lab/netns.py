@@ -703,7 +703,13 @@ class ClientSide:
         self.lab._check_open()
         up = self._define_uplink(i, None if families is None else _families(families))
         c, s = self.ns, self.lab.server_ns
-        self._ip("link", "add", up.name, "type", "veth", "peer", "name", up.peer_name, "netns", s)
+        # gso_max_segs 1: like a real NIC, the veth puts each datagram on the "wire" on its own.
+        # Otherwise a veth hands engarde's UDP_SEGMENT runs to the other namespace whole, and
+        # tcpdump and nftables there see one packet for many datagrams.
+        self._ip(
+            "link", "add", up.name, "gso_max_segs", "1", "type", "veth",
+            "peer", "name", up.peer_name, "gso_max_segs", "1", "netns", s,
+        )  # fmt: skip
         self.uplinks[i] = up  # the veth exists: from now on this is what the uplink is
         if up.client_ip is not None:
             self._ip("addr", "add", f"{up.client_ip}/{up.prefix_len}", "dev", up.name)

@@ -752,7 +752,7 @@ class Capture:
                 "-U",
                 "--immediate-mode",
                 "-s",
-                "256",
+                "0",  # whole packets: a segmented run (UDP_SEGMENT) crosses a veth as one
                 "-Z",
                 "root",
                 "-w",
@@ -817,9 +817,19 @@ def parse_pcap(data: bytes) -> list[Datagram]:
     return out
 
 
-def sequence_numbers(datagrams: Iterable[Datagram]) -> list[int]:
-    """The ``udp_tools send`` sequence numbers carried by captured datagrams (payload bytes 0-7)."""
-    return [SEQ.unpack_from(d.payload)[0] for d in datagrams if len(d.payload) >= SEQ.size]
+def sequence_numbers(datagrams: Iterable[Datagram], size: int = 100) -> list[int]:
+    """The ``udp_tools send`` sequence numbers (payload bytes 0-7) of captured datagrams of
+    ``size`` bytes (``Sender``'s default).
+
+    A captured packet may hold several of them back to back: engarde sends a run of equal-sized
+    datagrams as one UDP_SEGMENT message, and a veth hands it to the other namespace whole (the
+    kernel cuts it up only on delivery to the socket), so tcpdump there sees one packet."""
+    found = []
+    for d in datagrams:
+        payload = d.payload
+        for offset in range(0, len(payload) - SEQ.size + 1, size):
+            found.append(SEQ.unpack_from(payload, offset)[0])
+    return found
 
 
 def open_fds(pid: int) -> list[str]:

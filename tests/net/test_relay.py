@@ -251,7 +251,8 @@ def test_dst_overrides_send_each_uplink_to_its_own_destination(lab: Lab) -> None
         server.log.wait_for(server_saw(up.client_ip, up.server_ip))
         to_server = [d for d in datagrams if d.dport == SERVER_PORT]
         to_client = [d for d in datagrams if d.sport == SERVER_PORT]
-        assert len(to_server) == len(to_client) == count, f"sv{up.index}"
+        assert len(sequence_numbers(to_server)) == count, f"sv{up.index}"
+        assert len(sequence_numbers(to_client)) == count, f"sv{up.index}"
         assert {(d.src, d.dst) for d in to_server} == {(up.client_ip, up.server_ip)}
         assert {(d.src, d.dst) for d in to_client} == {(up.server_ip, up.client_ip)}
 
@@ -328,7 +329,7 @@ def test_multi_homed_server_replies_from_the_address_the_client_sent_to(lab: Lab
     for up in lab.uplinks:
         server.log.wait_for(server_saw(up.client_ip, second))
     replies = [d for d in datagrams if d.sport == SERVER_PORT]
-    assert len(replies) == count
+    assert len(sequence_numbers(replies)) == count
     assert {d.src for d in replies} == {second}
 
 
