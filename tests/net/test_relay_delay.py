@@ -10,14 +10,18 @@ frozen ahead of the data path is caught; the bound leaves room for a busy 2-CPU 
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import socket
+import struct
 import time
 from typing import Any
 
+import pytest
+
 from engarde.core.latency import DelayRecorder
-from engarde.net.latency import NEVER, DelaySampler
+from engarde.net.latency import NEVER, SIOCGSTAMPNS, DelaySampler
 from lab import Lab
 from tests.net.helpers import (
     CLIENT_LISTEN,
@@ -85,6 +89,24 @@ def test_relay_delay_through_startup_and_a_link_flap(lab: Lab) -> None:
         )
 
 
+def wait_for_receive_timestamps(rx: socket.socket, tx: socket.socket) -> None:
+    """Until the kernel stamps datagrams on arrival. Asking for timestamps turns on a switch
+    for the whole kernel, in deferred work when no socket had them on (the test before may just
+    have closed the last one): until it runs, a datagram is stamped when it is read. A datagram
+    left waiting 10 ms shows which."""
+    deadline = time.monotonic() + 5.0
+    waited_ms = 0.0
+    while time.monotonic() < deadline:
+        tx.sendto(b"warm", rx.getsockname())
+        time.sleep(0.01)
+        assert rx.recv(100) == b"warm"
+        sec, nsec = struct.unpack("=qq", fcntl.ioctl(rx.fileno(), SIOCGSTAMPNS, bytes(16)))
+        waited_ms = (time.time_ns() - (sec * 1_000_000_000 + nsec)) / 1e6
+        if waited_ms >= 5.0:
+            return
+    pytest.fail(f"no receive timestamps after 5 s (a datagram read after 10 ms: {waited_ms} ms)")
+
+
 def test_sample_reads_the_kernel_receive_time_and_explains_a_gc_stall() -> None:
     """On loopback: a datagram that waited ~30 ms while a full GC ran is measured (from its
     kernel timestamp, not from when we read it) and labelled with the GC pass."""
@@ -98,6 +120,7 @@ def test_sample_reads_the_kernel_receive_time_and_explains_a_gc_stall() -> None:
         sampler.tick()
         sample.mark(time.monotonic())  # nothing read yet: ENOENT, nothing recorded
         assert recorder.samples == 0
+        wait_for_receive_timestamps(rx, tx)
         tx.sendto(b"waits", rx.getsockname())
         time.sleep(0.02)
         gc.collect()
