@@ -63,7 +63,20 @@ UDP_MAX_SEGMENTS = 64  # the kernel's limit per message before 6.2 (128 since)
 MAX_SEGMENTED_BYTES = 65507  # a UDP payload in one IPv4 datagram, before segmentation
 _SEGMENT_CONTROL = socket.CMSG_SPACE(2)  # a cmsghdr and the u16 segment size
 _SEGMENT_REFUSED = frozenset({errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.EOPNOTSUPP})
-SEGMENT = os.environ.get("ENGARDE_UDP_SEGMENT", "1") != "0"
+
+
+def _kernel_segments() -> bool:
+    """Whether this kernel knows UDP_SEGMENT (4.18+). An older one ignores the control message
+    and would send a run as one long datagram: ask once, with the socket option of that name."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:  # ENOPROTOOPT
+        return False
+    return True
+
+
+SEGMENT = os.environ.get("ENGARDE_UDP_SEGMENT", "1") != "0" and _kernel_segments()
 
 
 class _Iovec(ctypes.Structure):
@@ -417,7 +430,9 @@ class Messages:
         # own control message
         self.segment = segment and SEGMENT and not names and not control
         self.segment_refused = 0  # the errno that ended segmenting here (0: it did not end)
-        self._bytes = -1  # of the last segmented send_all: bytes sent (-1: not segmented)
+        self._bytes = -1  # of a send_all that stopped segmenting: bytes sent (-1: none)
+        self._runs: list[tuple[int, int, int]] = []  # of the last segmented send_all ...
+        self._runs_tried = -1  # ... and how many of them were tried (-1: not segmented)
         if self.segment:
             self._seg_hdrs = bytearray(slots * HDR)
             self._seg_q = memoryview(self._seg_hdrs).cast("Q")
@@ -471,8 +486,9 @@ class Messages:
     def send_all(self, fd: int, count: int) -> tuple[int, int, int]:
         """Send datagrams 0..count-1: (sent, full, failed), which add up to `count`; segmented
         (UDP_SEGMENT, see the module's docstring) where this array does and it saves calls
-        through the stack, one message per datagram otherwise (`send_each`)."""
-        self._bytes = -1
+        through the stack, one message per datagram otherwise (`send_each`). Segmented,
+        `failures` names a failed run by its first datagram (the counts are per datagram)."""
+        self._bytes = self._runs_tried = -1
         if not self.segment:
             return self.send_each(fd, count)
         runs = self.iovecs.plan(count)
@@ -493,15 +509,13 @@ class Messages:
         failures = self.failures
         failures.clear()
         self.last_errno = 0
-        iov_q = self.iovecs.q
         total = len(runs)
-        r = sent = sent_bytes = failed = 0
+        r = sent = failed = 0
         for _ in range(MAX_CALLS):
             got: int = _sendmmsg(fd, self._seg_at + r * HDR, total - r, 0)  # type: ignore[misc]
             if got > 0:
-                for first, n, _size in runs[r : r + got]:
+                for _first, n, _size in runs[r : r + got]:
                     sent += n
-                    sent_bytes += sum(iov_q[2 * j + 1] for j in range(first, first + n))
                 r += got
                 if r >= total:
                     break
@@ -511,9 +525,10 @@ class Messages:
             first, n, size = runs[r]
             if n > 1 and err in _SEGMENT_REFUSED:  # the path cannot take it: stop segmenting
                 self._refuse(err, size)
+                before = self._runs_bytes(runs, r)
                 earlier = list(failures)
                 more, full, bad = self.send_each(fd, count, first)
-                self._bytes = sent_bytes + self.sent_bytes()
+                self._bytes = before + self.sent_bytes()
                 failures[:0] = earlier
                 return sent + more, full, failed + bad
             if err in _FULL or err == errno.ENOBUFS:
@@ -523,11 +538,21 @@ class Messages:
             r += 1
             if r >= total:
                 break
-        self._bytes = sent_bytes
+        self._runs, self._runs_tried = runs, r
         rest = count - sent - failed
         if rest and self.last_errno == errno.ENOBUFS:
             return sent, 0, failed + rest
         return sent, rest, failed
+
+    def _runs_bytes(self, runs: list[tuple[int, int, int]], tried: int) -> int:
+        """The bytes of runs 0..tried-1 that went (`failures` names those that did not)."""
+        q, failed = self.iovecs.q, {first for first, _ in self.failures}
+        return sum(
+            q[2 * j + 1]
+            for first, n, _size in runs[:tried]
+            if first not in failed
+            for j in range(first, first + n)
+        )
 
     def _refuse(self, err: int, size: int) -> None:
         self.segment = False
@@ -582,6 +607,8 @@ class Messages:
         """After a `send_all` that did not send everything: the bytes of what it did send."""
         if self._bytes >= 0:
             return self._bytes
+        if self._runs_tried >= 0:  # segmented: counted only when asked (rarely: a short send)
+            return self._runs_bytes(self._runs, self._runs_tried)
         q = self.iovecs.q
         total = sum(q[2 * i + 1] for i in range(self.first, self.tried))
         return total - sum(q[2 * i + 1] for i, _ in self.failures)

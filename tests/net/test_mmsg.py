@@ -390,7 +390,7 @@ def test_segmented_batch_arrives_as_the_same_datagrams_in_order(family: str) -> 
     af, host = (socket.AF_INET, "127.0.0.1") if family == "v4" else (socket.AF_INET6, "::1")
     src, dst = udp(af, host), udp(af, host)
     try:
-        sizes = [1408] * 50 + [700] + [112] * 12 + [1]  # three runs and a datagram alone
+        sizes = [1408] * 50 + [700] + [112] * 12 + [1]  # three runs, each ended by a shorter one
         payloads = [bytes([j]) * n for j, n in enumerate(sizes)]
         iovecs = mmsg.Iovecs()
         keep = pointed(iovecs, payloads)
